@@ -1,0 +1,531 @@
+"""ALSALS: Adam whose step size is chosen at every step by a stochastic Armijo line search.
+
+One step (``docs/algorithm.md`` has the full specification and the paper references):
+
+1. ``f0 = f(w)`` and ``g = ∇f(w)`` from the closure (the first evaluation).
+2. Adam moments ``m, v`` and the direction ``d`` (``P·m̂`` for ALSALS), the slope ``D = gᵀd``.
+3. The carried step size grows: ``η ← clamp(η·γ)``.
+4. The slope is smoothed: ``s ← β_s·s + (1 − β_s)·D``.
+5. Trials ``w − η·d`` are evaluated (same batch, same random draws, no trace on buffers) and ``η``
+   shrinks by ``β_b`` until ``h' = β_s·h + (1 − β_s)·(f0 − f(w − η·d)) ≥ c_eff·η·s``, where
+   ``c_eff = 1/c`` when ``s ≤ 0`` (ascent handling).
+6. The accepted point is committed: the parameters move by ``lr·η·d`` (``lr`` is a multiplier,
+   default 1, that torch LR schedulers may drive) and decoupled weight decay ``lr·η·λ·w``.
+
+The engine also runs the SLS and SaLSa presets (:mod:`alsals.presets`) through its ``direction``,
+``slope_smoothing``, ``growth``/``growth_per`` and ``amortized`` options.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import direction as kernels
+from .closure import CLOSURE_REQUIRED_MESSAGE, ClosureEvaluator
+from .distributed import Reducer
+from .search import (
+    AmortisationConfig,
+    SearchConfig,
+    SearchStatus,
+    backtrack,
+    search_interval,
+    smooth,
+)
+
+#: keys a parameter group may set for itself; everything else belongs to the one line search
+GROUP_KEYS = ("lr", "betas", "eps", "weight_decay")
+
+#: counters kept in the search state (all start at 0)
+COUNTER_KEYS = (
+    "steps",
+    "forward_evaluations",
+    "backward_passes",
+    "searches",
+    "backtracks",
+    "rejected_nonfinite",
+    "skipped_searches",
+    "skipped_steps",
+    "gave_up",
+)
+
+SLOPE_METHODS = ("exact", "finite_difference")
+GROWTH_PER = ("step", "search")
+
+_Bucket = Tuple[List[Tensor], List[Tensor]]  # (params, directions) sharing device, dtype and group
+
+
+def _check_range(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise ValueError(f"{name} must lie in {left}{low}, {high}{right}, got {value!r}")
+
+
+class ALSALS(Optimizer):
+    r"""Adam with a stochastic Armijo line search on the step size (no learning rate to tune).
+
+    Call :meth:`step` with a closure that returns the loss of the current batch::
+
+        opt = alsals.ALSALS(model.parameters())
+        for x, y in loader:
+            loss = opt.step(lambda: loss_fn(model(x), y))
+
+    Args:
+        params: parameters or parameter groups. A group may set ``lr``, ``betas``, ``eps`` and
+            ``weight_decay``; the search's settings are shared by all groups (one step size for the
+            whole model).
+        lr: multiplier on the committed step (default 1.0): the search finds ``η`` for the unscaled
+            direction and the parameters move by ``lr·η·d``. LR schedulers (warmup, cosine decay)
+            drive it and compose with the search instead of being undone by it.
+        betas: Adam's ``(β1, β2)``.
+        eps: added to ``√v̂`` in the preconditioner.
+        weight_decay: decoupled weight decay ``λ``: the committed point is ``w − lr·η·(d + λ·w)``.
+        initial_step_size: ``η0``, the step size the first search starts from.
+        c: sufficient-decrease constant of the Armijo condition, in (0, 1).
+        growth: ``γ``, growth of the carried step size (per step, or per search: ``growth_per``).
+        backtrack: ``β_b``, shrink factor of a rejected trial.
+        slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0 disables smoothing).
+        min_step_size, max_step_size: bounds of the step size.
+        max_backtracks: at most this many shrinks per search.
+        ascent_handling: use ``c → 1/c`` when the smoothed slope is not positive.
+        direction: ``"adam"`` (``P·m̂``, ALSALS), ``"preconditioned_gradient"`` (``P·g``, SaLSa) or
+            ``"gradient"`` (``g``, SLS).
+        slope: ``"exact"`` (``gᵀd``, free) or ``"finite_difference"`` (the paper's
+            ``(f(w) − f(w − ε·d))/ε``, one more forward pass per step).
+        finite_difference_eps: ``ε`` of the finite-difference slope.
+        growth_per: ``"step"`` (the carried step size grows at every step) or ``"search"`` (only
+            when a search starts; steps between amortised searches use the grown size without
+            keeping it).
+        amortized: search only every few steps (SaLSa's rule, :class:`~alsals.search.AmortisationConfig`).
+        max_search_interval: the longest interval between amortised searches.
+        foreach: use the multi-tensor kernels (default: on, unless a parameter is on a device
+            without them); ``False`` uses the single-tensor reference implementation.
+        process_group, distributed: see :class:`~alsals.distributed.Reducer`.
+
+    Readable after each step: :attr:`step_size` (the accepted step size, also ``group["step_size"]``
+    in every group), :attr:`counters`, and :attr:`search_state`.
+    """
+
+    _step_supports_amp_scaling = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1.0,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        initial_step_size: float = 0.1,
+        c: float = 0.3,
+        growth: float = 1.0 / 0.999,
+        backtrack: float = 0.9,
+        slope_smoothing: float = 0.99,
+        min_step_size: float = 1e-10,
+        max_step_size: float = 10.0,
+        max_backtracks: int = 100,
+        ascent_handling: bool = True,
+        direction: str = "adam",
+        slope: str = "exact",
+        finite_difference_eps: float = 5e-9,
+        growth_per: str = "step",
+        amortized: bool = False,
+        max_search_interval: int = 10,
+        foreach: Optional[bool] = None,
+        process_group: Optional[Any] = None,
+        distributed: Optional[bool] = None,
+    ):
+        self._validate_group_values(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        _check_range("c", c, 0.0, 1.0, True, True)
+        _check_range("growth", growth, 1.0, math.inf, False, True)
+        _check_range("backtrack", backtrack, 0.0, 1.0, True, True)
+        _check_range("slope_smoothing", slope_smoothing, 0.0, 1.0, False, True)
+        _check_range("min_step_size", min_step_size, 0.0, math.inf, True, True)
+        _check_range("max_step_size", max_step_size, min_step_size, math.inf, False, True)
+        _check_range("initial_step_size", initial_step_size, min_step_size, max_step_size, False, False)
+        _check_range("finite_difference_eps", finite_difference_eps, 0.0, math.inf, True, True)
+        if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, int) or max_backtracks < 0:
+            raise ValueError(f"max_backtracks must be an int >= 0, got {max_backtracks!r}")
+        if isinstance(max_search_interval, bool) or not isinstance(max_search_interval, int) or max_search_interval < 1:
+            raise ValueError(f"max_search_interval must be an int >= 1, got {max_search_interval!r}")
+        for name, value, allowed in (
+            ("direction", direction, kernels.DIRECTION_KINDS),
+            ("slope", slope, SLOPE_METHODS),
+            ("growth_per", growth_per, GROWTH_PER),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        for name, flag in (("ascent_handling", ascent_handling), ("amortized", amortized)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+
+        self.search_config = SearchConfig(
+            c=float(c),
+            growth=float(growth),
+            backtrack=float(backtrack),
+            smoothing=float(slope_smoothing),
+            min_step_size=float(min_step_size),
+            max_step_size=float(max_step_size),
+            max_backtracks=max_backtracks,
+            ascent_handling=ascent_handling,
+        )
+        self.amortisation = AmortisationConfig(max_interval=max_search_interval) if amortized else None
+        self.direction_kind = direction
+        self.slope_method = slope
+        self.finite_difference_eps = float(finite_difference_eps)
+        self.growth_per = growth_per
+        self.initial_step_size = float(initial_step_size)
+        self.foreach = foreach
+        self.reducer = Reducer(process_group, distributed)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        self._publish(self._initial_search_state())
+
+    # ------------------------------------------------------------------------------------------
+    # Parameter groups and the shared search state
+    # ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate_group_values(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
+        if isinstance(lr, Tensor):
+            if lr.numel() != 1:
+                raise ValueError("lr given as a tensor must hold one value")
+            lr = float(lr)
+        _check_range("lr (the multiplier on the committed step)", lr, 0.0, math.inf, False, True)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        _check_range("betas[0]", betas[0], 0.0, 1.0, False, True)
+        _check_range("betas[1]", betas[1], 0.0, 1.0, False, True)
+        _check_range("eps", eps, 0.0, math.inf, False, True)
+        _check_range("weight_decay", weight_decay, 0.0, math.inf, False, True)
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a group; it may set ``lr``, ``betas``, ``eps`` and ``weight_decay`` (see the class doc)."""
+        if not isinstance(param_group, dict):
+            param_group = {"params": param_group}
+        reserved = {"step_size", "search"}
+        unknown = set(param_group) - set(GROUP_KEYS) - {"params", "param_names"} - reserved
+        if unknown:
+            names = ", ".join(sorted(unknown))
+            raise ValueError(
+                f"Parameter groups of {type(self).__name__} may set only {', '.join(GROUP_KEYS)}; got {names}. "
+                "The line search's settings are shared by all groups (one step size for the whole "
+                "model): pass them to the constructor."
+            )
+        merged = {k: param_group.get(k, v) for k, v in self.defaults.items()}
+        self._validate_group_values(**merged)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        param_group = {**param_group, "params": params}
+        for p in params:
+            if isinstance(p, Tensor) and p.is_complex():
+                raise ValueError(f"{type(self).__name__} does not support complex parameters; use torch.view_as_real.")
+        super().add_param_group(param_group)
+        shared = self.param_groups[0].get("search")
+        if shared is not None:  # None while the constructor adds the first groups
+            self._publish(shared)
+
+    def _initial_search_state(self) -> Dict[str, Any]:
+        state: Dict[str, Any] = {
+            "step_size": self.initial_step_size,
+            "smoothed_slope": 0.0,
+            "smoothed_decrease": 0.0,
+            "step_size_fast": 0.0,
+            "step_size_slow": 0.0,
+            "steps_until_search": 0,
+            "last_loss": math.nan,
+            "last_trials": 0,
+            "last_status": "",
+        }
+        state.update({k: 0 for k in COUNTER_KEYS})
+        return state
+
+    def _publish(self, state: Dict[str, Any]) -> None:
+        """Make ``state`` the shared search state of every group (a new dict object each step, so a
+        ``state_dict()`` taken earlier keeps the values it had)."""
+        for group in self.param_groups:
+            group["search"] = state
+            group["step_size"] = state["step_size"]
+
+    @property
+    def search_state(self) -> Dict[str, Any]:
+        """The line search's carried state (a copy): step size, smoothed slope and decrease,
+        amortisation averages, counters, and the last step's loss, trial count and status."""
+        return dict(self.param_groups[0]["search"])
+
+    @property
+    def step_size(self) -> float:
+        """The step size ``η`` accepted at the last step (before the ``lr`` multiplier)."""
+        return float(self.param_groups[0]["search"]["step_size"])
+
+    @property
+    def counters(self) -> Dict[str, int]:
+        """Cumulative counts: steps, forward evaluations, backward passes, searches, backtracks,
+        rejected non-finite trials, searches skipped by amortisation, skipped steps (non-finite
+        first loss or gradients), and searches that gave up."""
+        state = self.param_groups[0]["search"]
+        return {k: int(state[k]) for k in COUNTER_KEYS}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Load a state dict (tensors are cast to each parameter's dtype and device, as in torch)."""
+        super().load_state_dict(state_dict)
+        saved = self.param_groups[0].get("search")
+        state = self._initial_search_state()
+        if saved is not None:
+            state.update(saved)
+        self._publish(state)
+
+    # ------------------------------------------------------------------------------------------
+    # The step
+    # ------------------------------------------------------------------------------------------
+
+    def _trainable_params(self) -> List[Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def _use_foreach(self, params: List[Tensor]) -> bool:
+        if self.foreach is not None:
+            return bool(self.foreach)
+        return all(p.device.type in ("cpu", "cuda", "xpu", "mps") for p in params)
+
+    def _found_inf(self, params: List[Tensor], grad_scaler: Optional[Any]) -> Tensor:
+        """A 0-dim float64 tensor, > 0 when some gradient is not finite (no host synchronisation)."""
+        device = params[0].device if params else torch.device("cpu")
+        if grad_scaler is not None and getattr(grad_scaler, "is_enabled", lambda: True)():
+            state = grad_scaler._per_optimizer_states[id(self)]
+            if state["stage"].name == "READY":
+                grad_scaler.unscale_(self)
+            found = list(state["found_inf_per_device"].values())
+            return torch.stack([f.to(device, torch.float64) for f in found]).sum()
+        by_device: Dict[torch.device, List[Tensor]] = defaultdict(list)
+        for p in params:
+            if p.grad is not None:
+                by_device[p.grad.device].append(p.grad)
+        if not by_device:
+            return torch.zeros((), dtype=torch.float64, device=device)
+        norms = []
+        for grads in by_device.values():
+            norms.extend(n.to(device, torch.float64) for n in torch._foreach_norm(grads, math.inf))
+        total = torch.stack(norms).sum()
+        return (~torch.isfinite(total)).to(torch.float64)
+
+    def _prepare_directions(self) -> Tuple[List[Tuple[Dict[str, Any], List[_Bucket]]], Tensor]:
+        """Update the moments of every parameter with a gradient and form the direction.
+
+        Returns per group its buckets of (params, directions), and the slope ``D = gᵀd`` as a 0-dim
+        float64 tensor (not read back to the host here).
+        """
+        kind = self.direction_kind
+        per_group = []
+        slopes: List[Tensor] = []
+        first_device: Optional[torch.device] = None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            eps = group["eps"]
+            buckets: Dict[Tuple[torch.device, torch.dtype, int], List[Tensor]] = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = 0
+                    if kernels.uses_first_moment(kind):
+                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if kernels.uses_second_moment(kind):
+                        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                buckets[(p.device, p.dtype, state["step"])].append(p)
+            group_buckets: List[_Bucket] = []
+            for (device, _, step), params in buckets.items():
+                first_device = first_device or device
+                grads = [p.grad for p in params]
+                exp_avgs = [self.state[p].get("exp_avg") for p in params]
+                exp_avg_sqs = [self.state[p].get("exp_avg_sq") for p in params]
+                hyper = dict(kind=kind, beta1=beta1, beta2=beta2, eps=eps, step=step)
+                if self._use_foreach(params):
+                    directions = kernels.direction_foreach(grads, exp_avgs, exp_avg_sqs, **hyper)
+                    slopes.append(kernels.slope_foreach(grads, directions).to(first_device))
+                else:
+                    directions = [
+                        kernels.direction_reference(g, m, v, **hyper) for g, m, v in zip(grads, exp_avgs, exp_avg_sqs)
+                    ]
+                    slopes.extend(kernels.slope_reference(g, d).to(first_device) for g, d in zip(grads, directions))
+                group_buckets.append((params, directions))
+            per_group.append((group, group_buckets))
+        if slopes:
+            slope = torch.stack(slopes).sum()
+        else:
+            slope = torch.zeros((), dtype=torch.float64, device=first_device or torch.device("cpu"))
+        return per_group, slope
+
+    def _move(self, per_group: List[Tuple[Dict[str, Any], List[_Bucket]]], alpha: float) -> None:
+        """``w ← w + alpha·d`` for every parameter with a direction."""
+        for _, buckets in per_group:
+            for params, directions in buckets:
+                kernels.move(params, directions, alpha, foreach=self._use_foreach(params))
+
+    def _commit(self, per_group: List[Tuple[Dict[str, Any], List[_Bucket]]], step_size: float) -> None:
+        """From the trial point ``w − η·d`` to the committed point ``w − lr·η·(d + λ·w)``."""
+        for group, buckets in per_group:
+            lr = float(group["lr"])
+            for params, directions in buckets:
+                kernels.commit(
+                    params,
+                    directions,
+                    step_size=step_size,
+                    lr=lr,
+                    weight_decay=group["weight_decay"],
+                    foreach=self._use_foreach(params),
+                )
+
+    def _read(self, values: List[Tensor], num_means: int) -> List[float]:
+        """Reduce across ranks (when distributed) and read back: the one host synchronisation of
+        an evaluation."""
+        device = values[0].device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        packed = torch.stack([v.reshape(()).to(device=device, dtype=dtype) for v in values])
+        return self.reducer.reduce(packed, num_means).tolist()
+
+    def _should_search(self, state: Dict[str, Any]) -> bool:
+        amortisation = self.amortisation
+        if amortisation is None or state["searches"] < amortisation.warmup_searches:
+            return True
+        return state["steps_until_search"] <= 0
+
+    def step(self, closure: Optional[Callable[[], Any]] = None, grad_scaler: Optional[Any] = None) -> Tensor:  # type: ignore[override]
+        """Evaluate the closure, search the step size, and update the parameters.
+
+        Args:
+            closure: returns the loss of the current batch (a scalar tensor). Forward-only closures
+                are recommended; closures that call ``zero_grad()`` and ``backward()`` themselves
+                (the ``torch.optim.LBFGS`` convention) also work, at the cost of a backward pass per
+                trial.
+            grad_scaler: a ``torch.amp.GradScaler`` for fp16 training (passed by ``scaler.step``,
+                or directly: ``opt.step(closure, grad_scaler=scaler)``).
+
+        Returns:
+            The loss of the first evaluation (at the weights before the step), detached.
+        """
+        if closure is None:
+            raise TypeError(CLOSURE_REQUIRED_MESSAGE.format(name=type(self).__name__))
+        if not callable(closure):
+            raise TypeError(f"closure must be callable, got {type(closure).__name__}")
+        params = self._trainable_params()
+        if not params:
+            raise ValueError(f"{type(self).__name__} has no parameters that require grad")
+        state = dict(self.param_groups[0]["search"])
+        evaluator = ClosureEvaluator(closure, params, type(self).__name__, grad_scaler)
+        try:
+            loss = evaluator.first()
+            with torch.no_grad():
+                self._step(evaluator, loss, params, grad_scaler, state)
+        finally:
+            evaluator.finish()
+            state["forward_evaluations"] += evaluator.evaluations
+            state["backward_passes"] += evaluator.backward_passes
+            self._publish(state)
+        return loss
+
+    def _step(
+        self,
+        evaluator: ClosureEvaluator,
+        loss: Tensor,
+        params: List[Tensor],
+        grad_scaler: Optional[Any],
+        state: Dict[str, Any],
+    ) -> None:
+        config = self.search_config
+        state["steps"] += 1
+        loss0, found_inf = self._read([loss, self._found_inf(params, grad_scaler)], num_means=1)
+        state["last_loss"] = loss0
+        state["last_trials"] = 0
+        if not math.isfinite(loss0) or found_inf > 0:
+            state["skipped_steps"] += 1
+            state["last_status"] = "skipped_nonfinite"
+            return
+
+        per_group, slope_tensor = self._prepare_directions()
+        grown = config.grow(state["step_size"])
+
+        if not self._should_search(state):
+            # Amortised step: the grown step along d, no trial evaluation.
+            self._move(per_group, -grown)
+            self._commit(per_group, grown)
+            state["steps_until_search"] -= 1
+            state["skipped_searches"] += 1
+            state["last_status"] = "amortised"
+            if self.growth_per == "step":
+                state["step_size"] = grown
+            return
+
+        start = 0.0  # the parameters sit at w − start·d
+        fd_slope = None
+        if self.slope_method == "finite_difference":
+            eps = self.finite_difference_eps
+            self._move(per_group, -eps)
+            start = eps
+            (loss_fd,) = self._read([evaluator.trial()], num_means=1)
+            fd_slope = (loss0 - loss_fd) / eps
+
+        self._move(per_group, start - grown)
+        start = grown
+        loss1, exact_slope = self._read([evaluator.trial(), slope_tensor], num_means=1)
+        slope = exact_slope if fd_slope is None else fd_slope
+        if not math.isfinite(slope):
+            self._move(per_group, start)
+            state["skipped_steps"] += 1
+            state["last_status"] = "skipped_nonfinite_slope"
+            return
+        smoothed_slope = smooth(state["smoothed_slope"], slope, config.smoothing)
+
+        def decrease_at(step_size: float) -> Optional[float]:
+            nonlocal start
+            self._move(per_group, start - step_size)
+            start = step_size
+            (trial_loss,) = self._read([evaluator.trial()], num_means=1)
+            return loss0 - trial_loss if math.isfinite(trial_loss) else None
+
+        first_decrease = loss0 - loss1 if math.isfinite(loss1) else None
+        result = backtrack(
+            first_decrease,
+            grown,
+            exact_slope,
+            smoothed_slope,
+            state["smoothed_decrease"],
+            config,
+            decrease_at,
+        )
+        if result.status.commits:
+            self._commit(per_group, result.step_size)
+            state["smoothed_decrease"] = result.smoothed_decrease
+        else:
+            self._move(per_group, start)  # back to w
+        state["smoothed_slope"] = smoothed_slope
+        state["step_size"] = result.step_size
+        state["searches"] += 1
+        state["backtracks"] += result.backtracks
+        state["rejected_nonfinite"] += result.nonfinite_trials
+        state["gave_up"] += result.status in (SearchStatus.GAVE_UP, SearchStatus.FAILED)
+        state["last_trials"] = result.trials
+        state["last_status"] = result.status.value
+        if self.amortisation is not None:
+            self._update_amortisation(state, result.step_size)
+
+    def _update_amortisation(self, state: Dict[str, Any], step_size: float) -> None:
+        amortisation = self.amortisation
+        if state["searches"] == 1:
+            state["step_size_fast"] = state["step_size_slow"] = step_size
+        else:
+            state["step_size_fast"] = smooth(state["step_size_fast"], step_size, amortisation.fast)
+            state["step_size_slow"] = smooth(state["step_size_slow"], step_size, amortisation.slow)
+        interval = search_interval(state["step_size_fast"], state["step_size_slow"], amortisation.max_interval)
+        state["steps_until_search"] = interval - 1
