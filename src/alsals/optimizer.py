@@ -478,7 +478,9 @@ class ALSALS(Optimizer):
 
         self._move(per_group, start - grown)
         start = grown
-        loss1, exact_slope = self._read([evaluator.trial(), slope_tensor], num_means=1)
+        # The slope is the same on every data-parallel rank (the gradients are averaged): averaging
+        # it keeps it so, and every rank reads the same reduced value.
+        loss1, exact_slope = self._read([evaluator.trial(), slope_tensor], num_means=2)
         slope = exact_slope if fd_slope is None else fd_slope
         if not math.isfinite(slope):
             self._move(per_group, start)
