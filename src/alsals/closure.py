@@ -14,7 +14,13 @@ random draws, and the trials must not change the training run:
 - :class:`ClosureEvaluator` detects the closure style (forward-only, or the ``torch.optim.LBFGS``
   convention that runs ``zero_grad()`` and ``backward()`` itself), runs the backward pass when the
   closure does not, runs trials under ``torch.no_grad()`` when it can, and validates what the
-  closure returns.
+  closure returns. A closure that runs ``backward()`` itself but only evaluates when gradients are
+  disabled declares so with the attribute ``forward_only_trials = True`` (as the closures of
+  :func:`alsals.micro_batch_closure` do); its trials then run under ``torch.no_grad()`` too.
+- FSDP2 modules (``fully_shard``) that do not reshard after forward (the root module by default)
+  keep their all-gathered parameters after a forward pass without backward, and the next forward
+  would reuse them although the optimizer moved the shards: the evaluator reshards every FSDP2
+  module the closure ran after each trial.
 """
 
 from __future__ import annotations
@@ -139,6 +145,45 @@ def check_loss(loss: Any, name: str) -> Tensor:
     return loss.reshape(())
 
 
+def _fsdp_module_class() -> Optional[type]:
+    """``torch.distributed.fsdp.FSDPModule`` (FSDP2), or ``None`` where this torch has none."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - older torch or a build without distributed
+        return None
+    return FSDPModule
+
+
+class FSDPModules:
+    """The FSDP2 modules a closure runs, recorded once, resharded after each trial."""
+
+    def __init__(self, fsdp_module_class: type) -> None:
+        self.modules: Dict[int, nn.Module] = {}
+        self._class = fsdp_module_class
+
+    def _pre_hook(self, module: nn.Module, args: Any) -> None:
+        if isinstance(module, self._class):
+            self.modules.setdefault(id(module), module)
+
+    def record(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` wrapped so that it records the FSDP2 modules it calls."""
+
+        def recording() -> Any:
+            handle = nn.modules.module.register_module_forward_pre_hook(self._pre_hook)
+            try:
+                return fn()
+            finally:
+                handle.remove()
+
+        return recording
+
+    def reshard(self) -> None:
+        """Free the unsharded parameters (local only, no collective): the next forward all-gathers
+        the shards as the optimizer left them."""
+        for module in self.modules.values():
+            module.reshard()
+
+
 class ClosureEvaluator:
     """Evaluates one step's closure: the first evaluation with gradients, then trials.
 
@@ -148,6 +193,8 @@ class ClosureEvaluator:
             evaluation, which is how the closure style is detected).
         name: the optimizer's class name, for error messages.
         grad_scaler: a ``torch.amp.GradScaler`` when the step runs under fp16 loss scaling.
+        sharded: some parameters are ``DTensor`` shards (FSDP2): FSDP2 modules are resharded after
+            each trial.
     """
 
     def __init__(
@@ -156,12 +203,18 @@ class ClosureEvaluator:
         params: List[Tensor],
         name: str,
         grad_scaler: Optional[Any] = None,
+        sharded: bool = False,
     ):
         self.closure = closure
         self.params = params
         self.name = name
         self.grad_scaler = grad_scaler
         self.closure_runs_backward = False
+        #: the closure runs backward() itself on the first evaluation but only evaluates under
+        #: torch.no_grad() (see alsals.micro_batch_closure): its trials need no gradients
+        self.forward_only_trials = bool(getattr(closure, "forward_only_trials", False))
+        fsdp_module_class = _fsdp_module_class() if sharded else None
+        self._fsdp = FSDPModules(fsdp_module_class) if fsdp_module_class is not None else None
         self.evaluations = 0
         self.backward_passes = 0
         self._guard = BufferGuard()
@@ -175,8 +228,9 @@ class ClosureEvaluator:
         """
         for p in self.params:
             p.grad = None
+        closure = self.closure if self._fsdp is None else self._fsdp.record(self.closure)
         with torch.enable_grad():
-            loss = check_loss(self._guard.run(self.closure), self.name)
+            loss = check_loss(self._guard.run(closure), self.name)
             self.evaluations += 1
             self.closure_runs_backward = any(p.grad is not None for p in self.params)
             if self.closure_runs_backward:
@@ -208,17 +262,20 @@ class ClosureEvaluator:
 
         Forward-only closures run under ``torch.no_grad()``. Closures that run ``backward()``
         themselves run with gradients enabled (their trial gradients are discarded: this costs a
-        backward pass per trial, see the README).
+        backward pass per trial, see the README), unless they set ``forward_only_trials = True``.
         """
         self._rng_before.restore()
-        grad_mode = torch.enable_grad() if self.closure_runs_backward else torch.no_grad()
+        with_grad = self.closure_runs_backward and not self.forward_only_trials
+        grad_mode = torch.enable_grad() if with_grad else torch.no_grad()
         try:
             with grad_mode:
                 loss = check_loss(self._guard.run(self.closure), self.name)
         finally:
             self._guard.restore()
+            if self._fsdp is not None:
+                self._fsdp.reshard()
         self.evaluations += 1
-        if self.closure_runs_backward:
+        if with_grad:
             self.backward_passes += 1
         return loss.detach()
 

@@ -28,7 +28,8 @@ from torch.optim import Optimizer
 
 from . import direction as kernels
 from .closure import CLOSURE_REQUIRED_MESSAGE, ClosureEvaluator
-from .distributed import Reducer
+from . import distributed
+from .distributed import Reducer, local_tensor
 from .search import (
     AmortisationConfig,
     SearchConfig,
@@ -110,7 +111,15 @@ class ALSALS(Optimizer):
         max_search_interval: the longest interval between amortised searches.
         foreach: use the multi-tensor kernels (default: on, unless a parameter is on a device
             without them); ``False`` uses the single-tensor reference implementation.
-        process_group, distributed: see :class:`~alsals.distributed.Reducer`.
+        process_group, distributed: see :class:`~alsals.distributed.Reducer`. Under
+            ``torch.distributed`` the losses of every evaluation are averaged over the ranks and every
+            decision is taken from the averaged values, so all ranks take the same step
+            (``docs/distributed.md``). Sharded ``DTensor`` parameters (FSDP2) are detected here; the
+            slope is then a sum of per-shard partial sums. Unsupported layouts raise ``ValueError``.
+        check_consistency: after every step, gather the step size, trial count and a parameter
+            checksum from all ranks and raise ``RuntimeError`` if they differ (a debug guard: one
+            more collective and host synchronisation per step; see
+            :func:`alsals.distributed.check_consistency`).
 
     Readable after each step: :attr:`step_size` (the accepted step size, also ``group["step_size"]``
     in every group), :attr:`counters`, and :attr:`search_state`.
@@ -144,6 +153,7 @@ class ALSALS(Optimizer):
         foreach: Optional[bool] = None,
         process_group: Optional[Any] = None,
         distributed: Optional[bool] = None,
+        check_consistency: bool = False,
     ):
         self._validate_group_values(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         _check_range("c", c, 0.0, 1.0, True, True)
@@ -165,7 +175,11 @@ class ALSALS(Optimizer):
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-        for name, flag in (("ascent_handling", ascent_handling), ("amortized", amortized)):
+        for name, flag in (
+            ("ascent_handling", ascent_handling),
+            ("amortized", amortized),
+            ("check_consistency", check_consistency),
+        ):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
 
@@ -187,6 +201,10 @@ class ALSALS(Optimizer):
         self.initial_step_size = float(initial_step_size)
         self.foreach = foreach
         self.reducer = Reducer(process_group, distributed)
+        self.check_consistency = check_consistency
+        #: weight of the local partial slope of each sharded (DTensor) parameter, by id (empty when
+        #: every parameter is a plain replicated tensor)
+        self._slope_weights: Dict[int, float] = {}
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self._publish(self._initial_search_state())
@@ -230,6 +248,11 @@ class ALSALS(Optimizer):
         for p in params:
             if isinstance(p, Tensor) and p.is_complex():
                 raise ValueError(f"{type(self).__name__} does not support complex parameters; use torch.view_as_real.")
+        for p in params:
+            if isinstance(p, Tensor):
+                weight = self.reducer.slope_weight(p, type(self).__name__)
+                if weight is not None:
+                    self._slope_weights[id(p)] = weight
         super().add_param_group(param_group)
         shared = self.param_groups[0].get("search")
         if shared is not None:  # None while the constructor adds the first groups
@@ -307,9 +330,12 @@ class ALSALS(Optimizer):
             found = list(state["found_inf_per_device"].values())
             return torch.stack([f.to(device, torch.float64) for f in found]).sum()
         by_device: Dict[torch.device, List[Tensor]] = defaultdict(list)
+        sharded = bool(self._slope_weights)
         for p in params:
-            if p.grad is not None:
-                by_device[p.grad.device].append(p.grad)
+            # a shard's own values (sharded parameters): the reduced sum makes the check global
+            grad = local_tensor(p.grad) if sharded else p.grad
+            if grad is not None and grad.numel():  # an empty tensor (or shard) has no infinity norm
+                by_device[grad.device].append(grad)
         if not by_device:
             return torch.zeros((), dtype=torch.float64, device=device)
         norms = []
@@ -325,13 +351,17 @@ class ALSALS(Optimizer):
         float64 tensor (not read back to the host here).
         """
         kind = self.direction_kind
+        sharded = bool(self._slope_weights)
+        # With sharded parameters each rank contributes a weighted partial slope and the partial sums
+        # are summed across the ranks; a replicated parameter then counts 1/world on every rank.
+        replica_weight = 1.0 / self.reducer.world_size if sharded else 1.0
         per_group = []
         slopes: List[Tensor] = []
         first_device: Optional[torch.device] = None
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             eps = group["eps"]
-            buckets: Dict[Tuple[torch.device, torch.dtype, int], List[Tensor]] = defaultdict(list)
+            buckets: Dict[Tuple[torch.device, torch.dtype, int, float], List[Tensor]] = defaultdict(list)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -343,22 +373,30 @@ class ALSALS(Optimizer):
                     if kernels.uses_second_moment(kind):
                         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                buckets[(p.device, p.dtype, state["step"])].append(p)
+                weight = self._slope_weights.get(id(p), replica_weight) if sharded else 1.0
+                buckets[(p.device, p.dtype, state["step"], weight)].append(p)
             group_buckets: List[_Bucket] = []
-            for (device, _, step), params in buckets.items():
+            for (device, _, step, weight), params in buckets.items():
                 first_device = first_device or device
                 grads = [p.grad for p in params]
                 exp_avgs = [self.state[p].get("exp_avg") for p in params]
                 exp_avg_sqs = [self.state[p].get("exp_avg_sq") for p in params]
+                if sharded:  # DTensors are worked on through their local shards (no collectives)
+                    params, grads, exp_avgs, exp_avg_sqs = (
+                        [local_tensor(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
+                    )
                 hyper = dict(kind=kind, beta1=beta1, beta2=beta2, eps=eps, step=step)
                 if self._use_foreach(params):
                     directions = kernels.direction_foreach(grads, exp_avgs, exp_avg_sqs, **hyper)
-                    slopes.append(kernels.slope_foreach(grads, directions).to(first_device))
+                    bucket_slopes = [kernels.slope_foreach(grads, directions).to(first_device)]
                 else:
                     directions = [
                         kernels.direction_reference(g, m, v, **hyper) for g, m, v in zip(grads, exp_avgs, exp_avg_sqs)
                     ]
-                    slopes.extend(kernels.slope_reference(g, d).to(first_device) for g, d in zip(grads, directions))
+                    bucket_slopes = [kernels.slope_reference(g, d).to(first_device) for g, d in zip(grads, directions)]
+                if weight != 1.0:
+                    bucket_slopes = [s * weight for s in bucket_slopes]
+                slopes.extend(bucket_slopes)
                 group_buckets.append((params, directions))
             per_group.append((group, group_buckets))
         if slopes:
@@ -423,7 +461,7 @@ class ALSALS(Optimizer):
         if not params:
             raise ValueError(f"{type(self).__name__} has no parameters that require grad")
         state = dict(self.param_groups[0]["search"])
-        evaluator = ClosureEvaluator(closure, params, type(self).__name__, grad_scaler)
+        evaluator = ClosureEvaluator(closure, params, type(self).__name__, grad_scaler, sharded=bool(self._slope_weights))
         try:
             loss = evaluator.first()
             with torch.no_grad():
@@ -433,6 +471,8 @@ class ALSALS(Optimizer):
             state["forward_evaluations"] += evaluator.evaluations
             state["backward_passes"] += evaluator.backward_passes
             self._publish(state)
+        if self.check_consistency:
+            distributed.check_consistency(self)
         return loss
 
     def _step(
@@ -478,9 +518,12 @@ class ALSALS(Optimizer):
 
         self._move(per_group, start - grown)
         start = grown
-        # The slope is the same on every data-parallel rank (the gradients are averaged): averaging
-        # it keeps it so, and every rank reads the same reduced value.
-        loss1, exact_slope = self._read([evaluator.trial(), slope_tensor], num_means=2)
+        # Replicated parameters: the slope is the same on every data-parallel rank (the gradients are
+        # averaged), and averaging keeps it so. Sharded parameters: each rank holds a weighted partial
+        # sum (see _prepare_directions), and the sum is the slope. Either way every rank reads the
+        # same reduced value, in the same collective as the trial loss.
+        slope_is_partial = bool(self._slope_weights)
+        loss1, exact_slope = self._read([evaluator.trial(), slope_tensor], num_means=1 if slope_is_partial else 2)
         slope = exact_slope if fd_slope is None else fd_slope
         if not math.isfinite(slope):
             self._move(per_group, start)
