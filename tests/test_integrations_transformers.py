@@ -1,0 +1,214 @@
+"""ALSALS in a real Hugging Face Trainer and an accelerate loop (CPU, tiny models, no downloads)."""
+
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments  # noqa: E402
+
+import alsals  # noqa: E402
+from alsals.integrations.transformers import ALSALSTrainer, ClosureStepAdapter  # noqa: E402
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CountingSequences(torch.utils.data.Dataset):
+    """Byte sequences that count up by a per-sequence stride: learnable by a tiny GPT-2."""
+
+    def __init__(self, n=256, length=32, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        start = torch.randint(0, 256, (n, 1), generator=gen)
+        stride = torch.randint(1, 4, (n, 1), generator=gen)
+        self.ids = (start + stride * torch.arange(length)) % 256
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def tiny_gpt2(seed=0):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0))
+
+
+def training_args(tmp_path, **overrides):
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        max_steps=20,
+        per_device_train_batch_size=8,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=5,
+        lr_scheduler_type="cosine",
+        learning_rate=1.0,
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def train_logs(trainer):
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_trainer_trains_gpt2_logs_the_step_size_and_follows_the_schedule(tmp_path):
+    trainer = ALSALSTrainer(model=tiny_gpt2(), args=training_args(tmp_path), train_dataset=CountingSequences())
+    trainer.train()
+
+    opt = trainer.alsals_optimizer
+    assert isinstance(opt, alsals.ALSALS)
+    assert isinstance(trainer.optimizer.optimizer, ClosureStepAdapter)  # inside accelerate's wrapper
+    counters = opt.counters
+    assert counters["steps"] == counters["searches"] == 20
+    assert counters["backward_passes"] == 20  # one backward per step: the trials are forward-only
+
+    logs = train_logs(trainer)
+    assert [entry["step"] for entry in logs] == [5, 10, 15, 20]
+    assert logs[-1]["loss"] < 0.85 * logs[0]["loss"]
+    assert all("alsals_step_size" in entry and entry["alsals_step_size"] > 0 for entry in logs)
+    assert all(entry["alsals_forward_evaluations"] >= 2 for entry in logs)
+    assert logs[-1]["alsals_step_size"] == pytest.approx(opt.step_size)
+    # the step size is searched: it moved away from its initial value
+    assert len({entry["alsals_step_size"] for entry in logs}) > 1
+
+    # the cosine schedule drives the lr multiplier (the logged value is the one used at that step)
+    for entry in logs:
+        used_at = entry["step"] - 1
+        assert entry["learning_rate"] == pytest.approx(0.5 * (1 + math.cos(math.pi * used_at / 20)), abs=1e-6)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # the Trainer's weight-decay groups (no decay on biases and LayerNorms) became ALSALS groups
+    assert len(opt.param_groups) == 2
+
+
+def test_gradient_accumulation_and_trials_replay_the_first_evaluation(tmp_path):
+    args = training_args(tmp_path, max_steps=12, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                         logging_steps=4)
+    trainer = ALSALSTrainer(model=tiny_gpt2(), args=args, train_dataset=CountingSequences())
+    trainer.train()
+    logs = train_logs(trainer)
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    assert trainer.alsals_optimizer.counters["steps"] == 12
+
+    # One step's closure by hand: two micro-batches with dropout active. A trial at the unchanged
+    # weights (step size 0) must reproduce the first evaluation's loss: same batches, same masks.
+    model = trainer.model_wrapped
+    batches = iter(trainer.get_train_dataloader())
+    trainer.current_gradient_accumulation_steps = 2
+    first = sum(trainer.training_step(model, next(batches)) for _ in range(2))
+    closure = trainer._line_search_closure()
+    assert closure() is not None
+    trial = closure()
+    torch.testing.assert_close(trial, first, rtol=1e-6, atol=1e-6)
+    assert any(p.grad is not None for p in model.parameters())  # the first gradients are still there
+
+
+def test_batchnorm_running_statistics_see_only_the_first_evaluation(tmp_path):
+    class Regressor(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+
+        def forward(self, x, labels=None):
+            out = self.net(x).squeeze(-1)
+            return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self):
+            gen = torch.Generator().manual_seed(0)
+            self.x = torch.randn(128, 8, generator=gen)
+            self.y = self.x.sum(1)
+
+        def __len__(self):
+            return 128
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "labels": self.y[i]}
+
+    model = Regressor()
+    args = training_args(tmp_path, max_steps=10, lr_scheduler_type="constant", remove_unused_columns=False)
+    trainer = ALSALSTrainer(model=model, args=args, train_dataset=Data())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "trial changed a buffer" warning
+        trainer.train()
+    assert trainer.alsals_optimizer.counters["forward_evaluations"] > 10
+    assert int(model.net[1].num_batches_tracked) == 10  # one update per step, none per trial
+
+
+def test_bf16_autocast(tmp_path):
+    args = training_args(tmp_path, max_steps=12, bf16=True, lr_scheduler_type="constant", logging_steps=4)
+    trainer = ALSALSTrainer(model=tiny_gpt2(), args=args, train_dataset=CountingSequences())
+    trainer.train()
+    logs = train_logs(trainer)
+    assert logs[-1]["loss"] < logs[0]["loss"]
+    counters = trainer.alsals_optimizer.counters
+    assert counters["skipped_steps"] == 0 and counters["searches"] == 12
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast, fp32 weights
+
+
+def test_learning_rate_is_the_multiplier_and_the_adamw_default_warns(tmp_path):
+    args = training_args(tmp_path, learning_rate=5e-5)
+    with pytest.warns(UserWarning, match="learning_rate=1.0"):
+        ALSALSTrainer(model=tiny_gpt2(), args=args, train_dataset=CountingSequences())
+
+
+def test_alsals_kwargs_and_given_optimizers(tmp_path):
+    trainer = ALSALSTrainer(
+        model=tiny_gpt2(), args=training_args(tmp_path, max_steps=2), train_dataset=CountingSequences(),
+        alsals_kwargs={"initial_step_size": 0.01, "c": 0.5},
+    )
+    trainer.train()
+    assert trainer.alsals_optimizer.search_config.c == 0.5
+
+    model = tiny_gpt2()
+    opt = alsals.SaLSa(model.parameters())
+    trainer = ALSALSTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=CountingSequences(),
+                            optimizers=(opt, None))
+    trainer.train()
+    assert trainer.alsals_optimizer is opt and opt.counters["steps"] == 2
+
+    model = tiny_gpt2()
+    trainer = ALSALSTrainer(model=model, args=training_args(tmp_path, max_steps=2), train_dataset=CountingSequences(),
+                            optimizers=(torch.optim.AdamW(model.parameters()), None))
+    with pytest.raises(TypeError, match="needs an alsals.ALSALS"):
+        trainer.train()
+
+
+def test_fp16_is_rejected(tmp_path):
+    args = training_args(tmp_path)
+    args.fp16 = True  # CPU TrainingArguments refuse fp16 themselves; the Trainer check is what we test
+    with pytest.raises(ValueError, match="bf16=True"):
+        ALSALSTrainer(model=tiny_gpt2(), args=args, train_dataset=CountingSequences())
+
+
+def test_accelerate_example_runs_on_cpu():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "accelerate_train.py"), "--steps", "30"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert float(lines["final_loss"]) < 0.5 * float(lines["first_loss"])
+    assert int(lines["searches"]) == 30
