@@ -168,3 +168,25 @@ def test_micro_batch_closure_rejects_bad_arguments(kwargs, match):
     arguments = {"micro_batches": [torch.randn(2, 10), torch.randn(2, 10)], **kwargs}
     with pytest.raises(ValueError, match=match):
         alsals.micro_batch_closure(model, arguments.pop("micro_batches"), lambda mb: model(mb).sum(), **arguments)
+
+
+def test_micro_batches_with_a_grad_scaler_match_the_unscaled_run():
+    """Each micro-batch's backward is scaled and the step unscales the sum: with a power-of-two
+    scale the run is the unscaled run."""
+    reference = run(micro(4))
+    X, y = regression_data()
+    model = mlp()
+    opt = alsals.ALSALS(model.parameters(), initial_step_size=1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=10**6)
+    etas, losses = [], []
+    torch.manual_seed(0)
+    for idx in batches(len(X), 32, 30):
+        x_b, y_b = X[idx], y[idx]
+        closure = alsals.micro_batch_closure(
+            model, list(zip(x_b.chunk(4), y_b.chunk(4))), lambda mb: mse(model, *mb), grad_scaler=scaler
+        )
+        losses.append(opt.step(closure, grad_scaler=scaler).item())
+        scaler.update()
+        etas.append(opt.step_size)
+    assert_same_run((model, opt, etas, losses), reference)
+    assert scaler.get_scale() == 2.0**8

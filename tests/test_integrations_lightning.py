@@ -152,6 +152,7 @@ def test_trials_cost_a_backward_only_in_plain_automatic_mode(tmp_path):
         trainer = fit(model, make_trainer(tmp_path / module.__name__, max_steps=10, logger=False))
         opt = trainer.optimizers[0]
         counts[module.__name__] = (len(backward), opt.counters["forward_evaluations"], opt.counters["steps"])
+        assert opt.counters["backward_passes"] == len(backward)  # the optimizer's counter agrees
     assert counts["Automatic"][0] == counts["Automatic"][1]  # a backward per evaluation
     assert counts["AutomaticForwardOnly"][0] == counts["AutomaticForwardOnly"][2] == 10
     assert counts["ForwardOnlyFallback"][0] == counts["ForwardOnlyFallback"][2] == 10

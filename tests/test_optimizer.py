@@ -561,3 +561,17 @@ def test_sls_direction_is_the_gradient():
     grad = 2 * torch.tensor([1.0, -2.0], dtype=torch.float64)
     opt.step(lambda: (w**2).sum())
     torch.testing.assert_close(w.detach(), torch.tensor([1.0, -2.0], dtype=torch.float64) - opt.step_size * grad)
+
+
+def test_low_precision_loss_warns():
+    model = mlp()
+    x = torch.randn(8, 10)
+    opt = alsals.ALSALS(model.parameters())
+    with pytest.warns(RuntimeWarning, match="float32"):
+        opt.step(lambda: model(x).pow(2).mean().bfloat16())
+
+
+def test_grad_scaler_without_closure_explains_the_framework_case():
+    opt = alsals.ALSALS(mlp().parameters())
+    with pytest.raises(TypeError, match="bf16"):
+        opt.step(grad_scaler=torch.amp.GradScaler("cpu"))

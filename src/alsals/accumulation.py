@@ -53,6 +53,7 @@ def micro_batch_closure(
     *,
     weights: Optional[Sequence[float]] = None,
     no_sync: bool = True,
+    grad_scaler: Optional[Any] = None,
 ) -> Callable[[], Tensor]:
     """A closure that evaluates one batch as several micro-batches (gradient accumulation).
 
@@ -77,6 +78,9 @@ def micro_batch_closure(
         no_sync: skip the gradient synchronisation of DDP (``no_sync()``) or FSDP2
             (``set_requires_gradient_sync``) on all micro-batches but the last (default). ``False``
             synchronises after every micro-batch: the same result, more communication.
+        grad_scaler: the ``torch.amp.GradScaler`` of an fp16 run: each micro-batch's backward is then
+            scaled. Pass the same scaler to the step, ``opt.step(closure, grad_scaler=scaler)``, which
+            unscales the accumulated gradients.
 
     Returns:
         The closure, with ``closure.forward_only_trials = True``.
@@ -105,7 +109,7 @@ def micro_batch_closure(
         for i, (w, batch) in enumerate(zip(scale, batches)):
             with _sync_context(model, synchronise=not no_sync or i == count - 1):
                 term = loss_fn(batch) * w
-                term.backward()
+                (term if grad_scaler is None else grad_scaler.scale(term)).backward()
             term = term.detach()
             total = term if total is None else total + term
         return total

@@ -25,6 +25,7 @@ random draws, and the trials must not change the training run:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -142,6 +143,14 @@ def check_loss(loss: Any, name: str) -> Tensor:
         )
     if loss.is_complex():
         raise TypeError(f"The closure passed to {name}.step() returned a complex loss; it must be real.")
+    if loss.dtype in (torch.float16, torch.bfloat16):
+        warnings.warn(
+            f"The closure passed to {name}.step() returned a {loss.dtype} loss: the line search compares "
+            "losses to a few significant digits only. Compute the loss in float32, e.g. "
+            "loss_fn(output.float(), target).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     return loss.reshape(())
 
 
@@ -184,6 +193,21 @@ class FSDPModules:
             module.reshard()
 
 
+def declares_forward_only_trials(closure: Any) -> bool:
+    """Whether ``closure`` (or what a ``functools.partial`` wraps, as Lightning does) carries
+    ``forward_only_trials = True``."""
+    seen = 0
+    while closure is not None and seen < 8:
+        if getattr(closure, "forward_only_trials", False):
+            return True
+        if not isinstance(closure, functools.partial):
+            return False
+        if any(getattr(a, "forward_only_trials", False) for a in closure.args):
+            return True
+        closure, seen = closure.func, seen + 1
+    return False
+
+
 class ClosureEvaluator:
     """Evaluates one step's closure: the first evaluation with gradients, then trials.
 
@@ -212,7 +236,7 @@ class ClosureEvaluator:
         self.closure_runs_backward = False
         #: the closure runs backward() itself on the first evaluation but only evaluates under
         #: torch.no_grad() (see alsals.micro_batch_closure): its trials need no gradients
-        self.forward_only_trials = bool(getattr(closure, "forward_only_trials", False))
+        self.forward_only_trials = declares_forward_only_trials(closure)
         fsdp_module_class = _fsdp_module_class() if sharded else None
         self._fsdp = FSDPModules(fsdp_module_class) if fsdp_module_class is not None else None
         self.evaluations = 0

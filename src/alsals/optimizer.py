@@ -328,7 +328,8 @@ class ALSALS(Optimizer):
             if state["stage"].name == "READY":
                 grad_scaler.unscale_(self)
             found = list(state["found_inf_per_device"].values())
-            return torch.stack([f.to(device, torch.float64) for f in found]).sum()
+            if found:  # empty when no parameter received a gradient: fall through to our own check
+                return torch.stack([f.to(device, torch.float64) for f in found]).sum()
         by_device: Dict[torch.device, List[Tensor]] = defaultdict(list)
         sharded = bool(self._slope_weights)
         for p in params:
@@ -454,7 +455,14 @@ class ALSALS(Optimizer):
             The loss of the first evaluation (at the weights before the step), detached.
         """
         if closure is None:
-            raise TypeError(CLOSURE_REQUIRED_MESSAGE.format(name=type(self).__name__))
+            message = CLOSURE_REQUIRED_MESSAGE.format(name=type(self).__name__)
+            if grad_scaler is not None:
+                message += (
+                    "\nA GradScaler called step() without a closure: framework fp16 plugins (Lightning's "
+                    "precision='16-mixed', the HF Trainer's fp16=True) consume the closure themselves. Use "
+                    "bf16 there, or the recipe opt.step(closure, grad_scaler=scaler); scaler.update()."
+                )
+            raise TypeError(message)
         if not callable(closure):
             raise TypeError(f"closure must be callable, got {type(closure).__name__}")
         params = self._trainable_params()
