@@ -71,6 +71,7 @@ def main(argv=None) -> dict:
     result = {
         "first_loss": first_loss,
         "final_loss": full_loss(),
+        "steps": optimizer.counters["steps"],
         "searches": optimizer.counters["searches"],
         "step_size": optimizer.step_size,
     }

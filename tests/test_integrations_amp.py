@@ -191,7 +191,9 @@ def test_bf16_autocast_in_the_closure_trains_and_compares_fp32_losses():
     with torch.no_grad():
         end = F.mse_loss(model(X).squeeze(-1), y).item()
     assert end < 0.2 * start
-    assert opt.counters["skipped_steps"] == 0 and opt.counters["searches"] == 80
+    counters = opt.counters
+    assert counters["skipped_steps"] == 0 and counters["searches"] + counters["skipped_searches"] == 80
+    assert counters["searches"] >= 10
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 

@@ -125,7 +125,8 @@ def test_loss_falls_and_step_size_is_searched(module, tmp_path):
     assert isinstance(opt, alsals.ALSALS)
     assert full_loss(model) < 0.5 * start
     counters = opt.counters
-    assert counters["steps"] == 40 and counters["searches"] == 40
+    assert counters["steps"] == 40 == counters["searches"] + counters["skipped_searches"]
+    assert counters["searches"] >= 10  # the first 10 steps always search (then amortised)
     assert counters["forward_evaluations"] > counters["steps"]  # trials ran
     assert opt.step_size != 0.1  # moved away from the initial step size
 
@@ -135,7 +136,7 @@ def test_loss_falls_and_step_size_is_searched(module, tmp_path):
     assert len(step_sizes) == 40 and step_sizes[-1] == pytest.approx(opt.step_size)
     assert sum(evaluations) == counters["forward_evaluations"]
     assert sum(column(rows, "alsals/backtracks")) == counters["backtracks"]
-    assert all(e >= 2 for e in evaluations)
+    assert all(e >= 1 for e in evaluations) and sum(e >= 2 for e in evaluations) == counters["searches"]
     # the logged first-evaluation loss is the loss at the weights before the step: it falls
     losses = column(rows, "alsals/loss")
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
@@ -190,7 +191,7 @@ def test_gradient_clipping_and_lr_scheduler_compose(tmp_path):
     opt = trainer.optimizers[0]
     assert full_loss(model) < start
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0 / 31)  # the scheduler drove the multiplier
-    assert opt.counters["searches"] == 30
+    assert opt.counters["searches"] + opt.counters["skipped_searches"] == 30 and opt.counters["searches"] >= 10
 
 
 def test_bf16_mixed_precision(tmp_path):

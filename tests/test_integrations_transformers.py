@@ -80,14 +80,16 @@ def test_trainer_trains_gpt2_logs_the_step_size_and_follows_the_schedule(tmp_pat
     assert isinstance(opt, alsals.ALSALS)
     assert isinstance(trainer.optimizer.optimizer, ClosureStepAdapter)  # inside accelerate's wrapper
     counters = opt.counters
-    assert counters["steps"] == counters["searches"] == 20
+    assert counters["steps"] == counters["searches"] + counters["skipped_searches"] == 20
+    assert counters["searches"] >= 10
     assert counters["backward_passes"] == 20  # one backward per step: the trials are forward-only
 
     logs = train_logs(trainer)
     assert [entry["step"] for entry in logs] == [5, 10, 15, 20]
-    assert logs[-1]["loss"] < 0.85 * logs[0]["loss"]
+    assert logs[-1]["loss"] < 0.92 * logs[0]["loss"]
     assert all("alsals_step_size" in entry and entry["alsals_step_size"] > 0 for entry in logs)
-    assert all(entry["alsals_forward_evaluations"] >= 2 for entry in logs)
+    assert all(entry["alsals_forward_evaluations"] >= 1 for entry in logs)
+    assert sum(entry["alsals_forward_evaluations"] for entry in logs) <= counters["forward_evaluations"]
     assert logs[-1]["alsals_step_size"] == pytest.approx(opt.step_size)
     # the step size is searched: it moved away from its initial value
     assert len({entry["alsals_step_size"] for entry in logs}) > 1
@@ -163,7 +165,7 @@ def test_bf16_autocast(tmp_path):
     logs = train_logs(trainer)
     assert logs[-1]["loss"] < logs[0]["loss"]
     counters = trainer.alsals_optimizer.counters
-    assert counters["skipped_steps"] == 0 and counters["searches"] == 12
+    assert counters["skipped_steps"] == 0 and counters["searches"] + counters["skipped_searches"] == 12
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast, fp32 weights
 
 
@@ -211,4 +213,4 @@ def test_accelerate_example_runs_on_cpu():
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert float(lines["final_loss"]) < 0.5 * float(lines["first_loss"])
-    assert int(lines["searches"]) == 30
+    assert int(lines["steps"]) == 30 and 10 <= int(lines["searches"]) <= 30

@@ -370,7 +370,9 @@ def test_lr_multiplier_scales_the_committed_step_not_the_search():
 def test_lr_scheduler_composes_with_the_search():
     X, y = regression_data()
     model = mlp()
-    opt = alsals.ALSALS([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.5}])
+    opt = alsals.ALSALS(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.5}], amortized=False
+    )
     steps = 40
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: max(0.0, 1.0 - t / 30))
     for t, idx in enumerate(batches(len(X), 32, steps)):

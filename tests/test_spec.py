@@ -110,6 +110,7 @@ def test_alsals_matches_plain_python_replay(case, foreach):
     w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
     opt = alsals.ALSALS(
         [w],
+        preset="paper",
         betas=(hyper.get("beta1", 0.9), 0.999),
         slope_smoothing=hyper.get("beta_s", 0.99),
         foreach=foreach,

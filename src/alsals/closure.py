@@ -219,6 +219,8 @@ class ClosureEvaluator:
         grad_scaler: a ``torch.amp.GradScaler`` when the step runs under fp16 loss scaling.
         sharded: some parameters are ``DTensor`` shards (FSDP2): FSDP2 modules are resharded after
             each trial.
+        trials: whether trials may follow the first evaluation. ``False`` (an amortised step that
+            will not search) skips the RNG capture and the buffer bookkeeping, which only trials need.
     """
 
     def __init__(
@@ -228,6 +230,7 @@ class ClosureEvaluator:
         name: str,
         grad_scaler: Optional[Any] = None,
         sharded: bool = False,
+        trials: bool = True,
     ):
         self.closure = closure
         self.params = params
@@ -241,8 +244,9 @@ class ClosureEvaluator:
         self._fsdp = FSDPModules(fsdp_module_class) if fsdp_module_class is not None else None
         self.evaluations = 0
         self.backward_passes = 0
+        self.trials_expected = trials
         self._guard = BufferGuard()
-        self._rng_before = RandomState(p.device for p in params if p.device.type == "cuda")
+        self._rng_before = RandomState(p.device for p in params if p.device.type == "cuda") if trials else None
         self._rng_after: Optional[RandomState] = None
 
     def first(self) -> Tensor:
@@ -254,7 +258,7 @@ class ClosureEvaluator:
             p.grad = None
         closure = self.closure if self._fsdp is None else self._fsdp.record(self.closure)
         with torch.enable_grad():
-            loss = check_loss(self._guard.run(closure), self.name)
+            loss = check_loss(self._guard.run(closure) if self.trials_expected else closure(), self.name)
             self.evaluations += 1
             self.closure_runs_backward = any(p.grad is not None for p in self.params)
             if self.closure_runs_backward:
@@ -277,8 +281,9 @@ class ClosureEvaluator:
                     f"{self.name} does not support sparse gradients (parameter of shape {tuple(p.shape)}); "
                     "use dense gradients, e.g. nn.Embedding(..., sparse=False)."
                 )
-        self._guard.snapshot()
-        self._rng_after = RandomState(p.device for p in self.params if p.device.type == "cuda")
+        if self.trials_expected:
+            self._guard.snapshot()
+            self._rng_after = RandomState(p.device for p in self.params if p.device.type == "cuda")
         return loss.detach()
 
     def trial(self) -> Tensor:
@@ -288,6 +293,8 @@ class ClosureEvaluator:
         themselves run with gradients enabled (their trial gradients are discarded: this costs a
         backward pass per trial, see the README), unless they set ``forward_only_trials = True``.
         """
+        if self._rng_before is None:
+            raise RuntimeError("ClosureEvaluator was created with trials=False")
         self._rng_before.restore()
         with_grad = self.closure_runs_backward and not self.forward_only_trials
         grad_mode = torch.enable_grad() if with_grad else torch.no_grad()

@@ -19,6 +19,7 @@ The engine also runs the SLS and SaLSa presets (:mod:`alsals.presets`) through i
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -30,6 +31,7 @@ from . import direction as kernels
 from .closure import CLOSURE_REQUIRED_MESSAGE, ClosureEvaluator
 from . import distributed
 from .distributed import Reducer, local_tensor
+from .anneal import ANNEAL_SHAPES, anneal_factor
 from .search import (
     AmortisationConfig,
     SearchConfig,
@@ -55,10 +57,17 @@ COUNTER_KEYS = (
     "gave_up",
 )
 
+#: Defaults that differ between our ALSALS (``preset=None``) and the paper's (``preset="paper"``);
+#: docs/benchmarks.md has the ablation behind each change. Explicit arguments override a preset.
+PRESETS: Dict[Optional[str], Dict[str, Any]] = {
+    None: dict(c=0.5, slope_smoothing=0.9, amortized=True),
+    "paper": dict(c=0.3, slope_smoothing=0.99, amortized=False),
+}
+
 SLOPE_METHODS = ("exact", "finite_difference")
 GROWTH_PER = ("step", "search")
 
-_Bucket = Tuple[List[Tensor], List[Tensor]]  # (params, directions) sharing device, dtype and group
+_Bucket = Tuple[List[Tensor], List[Tensor], bool]  # (params, directions, foreach): one device, dtype, group
 
 
 def _check_range(name: str, value: Any, low: float, high: float, low_open: bool, high_open: bool) -> None:
@@ -92,10 +101,12 @@ class ALSALS(Optimizer):
         eps: added to ``√v̂`` in the preconditioner.
         weight_decay: decoupled weight decay ``λ``: the committed point is ``w − lr·η·(d + λ·w)``.
         initial_step_size: ``η0``, the step size the first search starts from.
-        c: sufficient-decrease constant of the Armijo condition, in (0, 1).
+        c: sufficient-decrease constant of the Armijo condition, in (0, 1). Default 0.5 (the
+            paper: 0.3).
         growth: ``γ``, growth of the carried step size (per step, or per search: ``growth_per``).
         backtrack: ``β_b``, shrink factor of a rejected trial.
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0 disables smoothing).
+            Default 0.9 (the paper: 0.99).
         min_step_size, max_step_size: bounds of the step size.
         max_backtracks: at most this many shrinks per search.
         ascent_handling: use ``c → 1/c`` when the smoothed slope is not positive.
@@ -108,6 +119,7 @@ class ALSALS(Optimizer):
             when a search starts; steps between amortised searches use the grown size without
             keeping it).
         amortized: search only every few steps (SaLSa's rule, :class:`~alsals.search.AmortisationConfig`).
+            Default on (the paper: off).
         max_search_interval: the longest interval between amortised searches.
         foreach: use the multi-tensor kernels (default: on, unless a parameter is on a device
             without them); ``False`` uses the single-tensor reference implementation.
@@ -120,6 +132,14 @@ class ALSALS(Optimizer):
             checksum from all ranks and raise ``RuntimeError`` if they differ (a debug guard: one
             more collective and host synchronisation per step; see
             :func:`alsals.distributed.check_consistency`).
+        total_steps: the run's length in optimizer steps, when known: the committed step is then
+            annealed by the built-in schedule ``anneal`` (:mod:`alsals.anneal`). ``None`` (default):
+            no anneal.
+        anneal: the anneal's shape: ``"wsd"`` (full step, then a linear decay over the last
+            ``anneal_fraction`` of the run; default), ``"linear"`` or ``"cosine"``.
+        anneal_fraction: the share of the run spent decaying with ``"wsd"`` (default 0.2).
+        preset: ``None`` (our defaults) or ``"paper"`` (the paper's: ``c = 0.3``, ``β_s = 0.99``, no
+            amortisation); explicit arguments override the preset.
 
     Readable after each step: :attr:`step_size` (the accepted step size, also ``group["step_size"]``
     in every group), :attr:`counters`, and :attr:`search_state`.
@@ -136,10 +156,10 @@ class ALSALS(Optimizer):
         weight_decay: float = 0.0,
         *,
         initial_step_size: float = 0.1,
-        c: float = 0.3,
+        c: Optional[float] = None,
         growth: float = 1.0 / 0.999,
         backtrack: float = 0.9,
-        slope_smoothing: float = 0.99,
+        slope_smoothing: Optional[float] = None,
         min_step_size: float = 1e-10,
         max_step_size: float = 10.0,
         max_backtracks: int = 100,
@@ -148,13 +168,24 @@ class ALSALS(Optimizer):
         slope: str = "exact",
         finite_difference_eps: float = 5e-9,
         growth_per: str = "step",
-        amortized: bool = False,
+        amortized: Optional[bool] = None,
         max_search_interval: int = 10,
         foreach: Optional[bool] = None,
         process_group: Optional[Any] = None,
         distributed: Optional[bool] = None,
         check_consistency: bool = False,
+        total_steps: Optional[int] = None,
+        anneal: str = "wsd",
+        anneal_fraction: float = 0.2,
+        preset: Optional[str] = None,
     ):
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(map(repr, PRESETS))}; got {preset!r}")
+        chosen = PRESETS[preset]
+        c = chosen["c"] if c is None else c
+        slope_smoothing = chosen["slope_smoothing"] if slope_smoothing is None else slope_smoothing
+        amortized = chosen["amortized"] if amortized is None else amortized
+        self.preset = preset
         self._validate_group_values(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         _check_range("c", c, 0.0, 1.0, True, True)
         _check_range("growth", growth, 1.0, math.inf, False, True)
@@ -175,6 +206,13 @@ class ALSALS(Optimizer):
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+        if total_steps is not None and (
+            isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
+        ):
+            raise ValueError(f"total_steps must be a positive int (the run's length in steps) or None, got {total_steps!r}")
+        if anneal not in ANNEAL_SHAPES:
+            raise ValueError(f"anneal must be one of {', '.join(map(repr, ANNEAL_SHAPES))}; got {anneal!r}")
+        _check_range("anneal_fraction", anneal_fraction, 0.0, 1.0, True, False)
         for name, flag in (
             ("ascent_handling", ascent_handling),
             ("amortized", amortized),
@@ -202,6 +240,9 @@ class ALSALS(Optimizer):
         self.foreach = foreach
         self.reducer = Reducer(process_group, distributed)
         self.check_consistency = check_consistency
+        self.total_steps = total_steps
+        self.anneal = anneal
+        self.anneal_fraction = float(anneal_fraction)
         #: weight of the local partial slope of each sharded (DTensor) parameter, by id (empty when
         #: every parameter is a plain replicated tensor)
         self._slope_weights: Dict[int, float] = {}
@@ -269,6 +310,7 @@ class ALSALS(Optimizer):
             "last_loss": math.nan,
             "last_trials": 0,
             "last_status": "",
+            "last_anneal": 1.0,
         }
         state.update({k: 0 for k in COUNTER_KEYS})
         return state
@@ -321,7 +363,8 @@ class ALSALS(Optimizer):
         return all(p.device.type in ("cpu", "cuda", "xpu", "mps") for p in params)
 
     def _found_inf(self, params: List[Tensor], grad_scaler: Optional[Any]) -> Tensor:
-        """A 0-dim float64 tensor, > 0 when some gradient is not finite (no host synchronisation)."""
+        """A 0-dim tensor that is 0 when every gradient is finite, and positive or NaN otherwise
+        (no host synchronisation: it is read back with the first loss)."""
         device = params[0].device if params else torch.device("cpu")
         if grad_scaler is not None and getattr(grad_scaler, "is_enabled", lambda: True)():
             state = grad_scaler._per_optimizer_states[id(self)]
@@ -339,17 +382,15 @@ class ALSALS(Optimizer):
                 by_device[grad.device].append(grad)
         if not by_device:
             return torch.zeros((), dtype=torch.float64, device=device)
-        norms = []
-        for grads in by_device.values():
-            norms.extend(n.to(device, torch.float64) for n in torch._foreach_norm(grads, math.inf))
-        total = torch.stack(norms).sum()
-        return (~torch.isfinite(total)).to(torch.float64)
+        # The largest |g| of each device, times 0: 0 if finite, NaN if some gradient is inf or NaN.
+        totals = [torch.stack(torch._foreach_norm(grads, math.inf)).sum().to(device) for grads in by_device.values()]
+        return (totals[0] if len(totals) == 1 else torch.stack(totals).sum()) * 0.0
 
-    def _prepare_directions(self) -> Tuple[List[Tuple[Dict[str, Any], List[_Bucket]]], Tensor]:
+    def _prepare_directions(self, with_slope: bool = True) -> Tuple[List[Tuple[Dict[str, Any], List[_Bucket]]], Tensor]:
         """Update the moments of every parameter with a gradient and form the direction.
 
         Returns per group its buckets of (params, directions), and the slope ``D = gᵀd`` as a 0-dim
-        float64 tensor (not read back to the host here).
+        float64 tensor (not read back to the host here; zero when ``with_slope`` is false).
         """
         kind = self.direction_kind
         sharded = bool(self._slope_weights)
@@ -387,18 +428,23 @@ class ALSALS(Optimizer):
                         [local_tensor(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
                     )
                 hyper = dict(kind=kind, beta1=beta1, beta2=beta2, eps=eps, step=step)
-                if self._use_foreach(params):
+                foreach = self._use_foreach(params)
+                if foreach:
                     directions = kernels.direction_foreach(grads, exp_avgs, exp_avg_sqs, **hyper)
-                    bucket_slopes = [kernels.slope_foreach(grads, directions).to(first_device)]
                 else:
                     directions = [
                         kernels.direction_reference(g, m, v, **hyper) for g, m, v in zip(grads, exp_avgs, exp_avg_sqs)
                     ]
+                group_buckets.append((params, directions, foreach))
+                if not with_slope:  # an amortised step that will not search needs no slope
+                    continue
+                if foreach:
+                    bucket_slopes = [kernels.slope_foreach(grads, directions).to(first_device)]
+                else:
                     bucket_slopes = [kernels.slope_reference(g, d).to(first_device) for g, d in zip(grads, directions)]
                 if weight != 1.0:
                     bucket_slopes = [s * weight for s in bucket_slopes]
                 slopes.extend(bucket_slopes)
-                group_buckets.append((params, directions))
             per_group.append((group, group_buckets))
         if slopes:
             slope = torch.stack(slopes).sum()
@@ -409,21 +455,36 @@ class ALSALS(Optimizer):
     def _move(self, per_group: List[Tuple[Dict[str, Any], List[_Bucket]]], alpha: float) -> None:
         """``w ← w + alpha·d`` for every parameter with a direction."""
         for _, buckets in per_group:
-            for params, directions in buckets:
-                kernels.move(params, directions, alpha, foreach=self._use_foreach(params))
+            for params, directions, foreach in buckets:
+                kernels.move(params, directions, alpha, foreach=foreach)
 
-    def _commit(self, per_group: List[Tuple[Dict[str, Any], List[_Bucket]]], step_size: float) -> None:
-        """From the trial point ``w − η·d`` to the committed point ``w − lr·η·(d + λ·w)``."""
+    def _annealing(self, step: int) -> float:
+        """The built-in anneal factor ``a(t)`` of the committed step (1 without ``total_steps``)."""
+        if self.total_steps is None:
+            return 1.0
+        if step > self.total_steps and not getattr(self, "_warned_past_total", False):
+            self._warned_past_total = True
+            warnings.warn(
+                f"{type(self).__name__} has run past total_steps={self.total_steps}: the committed step "
+                "stays at the anneal's final (small) value. Raise total_steps to train longer.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return anneal_factor(self.anneal, step, self.total_steps, self.anneal_fraction)
+
+    def _commit(self, per_group: List[Tuple[Dict[str, Any], List[_Bucket]]], step_size: float, scale: float) -> None:
+        """From the trial point ``w − η·d`` to the committed point ``w − lr·a·η·(d + λ·w)`` (``a`` the
+        built-in anneal factor ``scale``)."""
         for group, buckets in per_group:
-            lr = float(group["lr"])
-            for params, directions in buckets:
+            lr = float(group["lr"]) * scale
+            for params, directions, foreach in buckets:
                 kernels.commit(
                     params,
                     directions,
                     step_size=step_size,
                     lr=lr,
                     weight_decay=group["weight_decay"],
-                    foreach=self._use_foreach(params),
+                    foreach=foreach,
                 )
 
     def _read(self, values: List[Tensor], num_means: int) -> List[float]:
@@ -469,11 +530,14 @@ class ALSALS(Optimizer):
         if not params:
             raise ValueError(f"{type(self).__name__} has no parameters that require grad")
         state = dict(self.param_groups[0]["search"])
-        evaluator = ClosureEvaluator(closure, params, type(self).__name__, grad_scaler, sharded=bool(self._slope_weights))
+        searching = self._should_search(state)  # decided from carried state: the same on every rank
+        evaluator = ClosureEvaluator(
+            closure, params, type(self).__name__, grad_scaler, sharded=bool(self._slope_weights), trials=searching
+        )
         try:
             loss = evaluator.first()
             with torch.no_grad():
-                self._step(evaluator, loss, params, grad_scaler, state)
+                self._step(evaluator, loss, params, grad_scaler, state, searching)
         finally:
             evaluator.finish()
             state["forward_evaluations"] += evaluator.evaluations
@@ -490,24 +554,27 @@ class ALSALS(Optimizer):
         params: List[Tensor],
         grad_scaler: Optional[Any],
         state: Dict[str, Any],
+        searching: bool,
     ) -> None:
         config = self.search_config
         state["steps"] += 1
         loss0, found_inf = self._read([loss, self._found_inf(params, grad_scaler)], num_means=1)
         state["last_loss"] = loss0
         state["last_trials"] = 0
-        if not math.isfinite(loss0) or found_inf > 0:
+        if not math.isfinite(loss0) or found_inf != 0.0:  # NaN != 0 too
             state["skipped_steps"] += 1
             state["last_status"] = "skipped_nonfinite"
             return
 
-        per_group, slope_tensor = self._prepare_directions()
+        per_group, slope_tensor = self._prepare_directions(with_slope=searching)
         grown = config.grow(state["step_size"])
+        scale = self._annealing(state["steps"])
+        state["last_anneal"] = scale
 
-        if not self._should_search(state):
+        if not searching:
             # Amortised step: the grown step along d, no trial evaluation.
             self._move(per_group, -grown)
-            self._commit(per_group, grown)
+            self._commit(per_group, grown, scale)
             state["steps_until_search"] -= 1
             state["skipped_searches"] += 1
             state["last_status"] = "amortised"
@@ -558,7 +625,7 @@ class ALSALS(Optimizer):
             decrease_at,
         )
         if result.status.commits:
-            self._commit(per_group, result.step_size)
+            self._commit(per_group, result.step_size, scale)
             state["smoothed_decrease"] = result.smoothed_decrease
         else:
             self._move(per_group, start)  # back to w

@@ -86,8 +86,8 @@ def test_suites_contents():
     quick, full = runner.SUITES["quick"], runner.SUITES["full"]
     assert quick.seeds == [0] and full.seeds == [0, 1, 2]
     assert quick.tasks is None and full.tasks is None  # every task
-    expected = {"alsals", "sls", "salsa", "salsa-ref", "prodigy", "dadapt-adam", "schedulefree-adamw", "dog",
-                *GROUPS["adam-tuned"]}
+    expected = {"alsals", "alsals-anytime", "alsals-paper", "sls", "salsa", "salsa-ref", "prodigy", "dadapt-adam",
+                "schedulefree-adamw", "dog", *GROUPS["adam-tuned"]}
     assert set(runner.resolve_optimizers(quick.optimizers)) == expected
     assert set(runner.resolve_optimizers(full.optimizers)) == expected | {"adamsls-ref"}
 

@@ -63,7 +63,7 @@ def test_overhead_suite_tiny_writes_its_files(tmp_path, capsys):
     assert "| mlp |" in printed and "| gpt |" in printed
     data = json.loads((tmp_path / "overhead.json").read_text())
     rows = {(r["model"], r["optimizer"]): r for r in data["rows"]}
-    assert set(rows) == {(m, o) for m in ("mlp", "gpt") for o in ("adam", "alsals", "alsals-amortized")}
+    assert set(rows) == {(m, o) for m in ("mlp", "gpt") for o in ("adam", "alsals", "alsals-no-amortisation")}
     for (model, name), r in rows.items():
         assert r["error"] is None, r["error"]
         assert r["ms_per_step"] > 0 and math.isfinite(r["ratio_to_adam"])

@@ -23,7 +23,7 @@ schedule-free AdamW its warmed-up ``lr``, for DoG its ``η`` (an SGD step, on an
 
 Adding a variant of ALSALS is one line (see the end of this file)::
 
-    register_alsals_variant("alsals-amortized", amortized=True)
+    register_alsals_variant("alsals-growth1.01", growth=1.01, knows_total_steps=True)
 """
 
 from __future__ import annotations
@@ -192,22 +192,27 @@ def _alsals_class(name: str):
 
 def register_alsals_variant(
     name: str,
-    preset: str = "ALSALS",
+    class_name: str = "ALSALS",
     description: str | None = None,
+    *,
+    knows_total_steps: bool = False,
     **kwargs: Any,
 ) -> OptimizerSpec:
     """Register ``alsals.<preset>(params, **kwargs)`` under ``name``; one line per ablation.
 
-    ``preset`` is the class name in :mod:`alsals` (``ALSALS``, ``SLS``, ``SaLSa``). ``SLS`` receives
-    ``n_batches_per_epoch`` from the task unless ``kwargs`` sets it.
+    ``class_name`` is the class in :mod:`alsals` (``ALSALS``, ``SLS``, ``SaLSa``). ``SLS`` receives
+    ``n_batches_per_epoch`` from the task unless ``kwargs`` sets it. With ``knows_total_steps`` the
+    optimizer is told the run's length (``total_steps=``, as the scheduled competitors are).
     """
     kw = dict(kwargs)
 
     def factory(params, total_steps, n_batches_per_epoch):
-        cls = _alsals_class(preset)
+        cls = _alsals_class(class_name)
         args = dict(kw)
-        if preset == "SLS":
+        if class_name == "SLS":
             args.setdefault("n_batches_per_epoch", n_batches_per_epoch)
+        if knows_total_steps:
+            args.setdefault("total_steps", total_steps)
         return cls(params, **args)
 
     settings = ", ".join(f"{k}={v!r}" for k, v in kw.items()) or "defaults"
@@ -217,8 +222,8 @@ def register_alsals_variant(
             factory=factory,
             protocol="alsals",
             family="alsals",
-            description=description or f"alsals.{preset} ({settings})",
-            hparams={"class": f"alsals.{preset}", **kw},
+            description=description or f"alsals.{class_name} ({settings})",
+            hparams={"class": f"alsals.{class_name}", **kw, **({"total_steps": "run length"} if knows_total_steps else {})},
             step_size=_alsals_step,
         )
     )
@@ -277,7 +282,16 @@ def _dog_factory(params, total_steps, n_batches_per_epoch):
 
 
 def _register_defaults() -> None:
-    register_alsals_variant("alsals", "ALSALS", "ALSALS, defaults untouched (no learning rate)")
+    register_alsals_variant(
+        "alsals", "ALSALS", "ALSALS, defaults untouched, told the run's length (total_steps=T, as the "
+        "scheduled competitors are); no learning rate", knows_total_steps=True,
+    )
+    register_alsals_variant(
+        "alsals-anytime", "ALSALS", "ALSALS, defaults untouched, not told the run's length (no anneal)"
+    )
+    register_alsals_variant(
+        "alsals-paper", "ALSALS", "ALSALS with the paper's settings (preset='paper')", preset="paper"
+    )
     register_alsals_variant("sls", "SLS", "SLS preset of alsals (Vaswani et al. 2019: SGD + Armijo)")
     register_alsals_variant("salsa", "SaLSa", "SaLSa preset of alsals (amortised Adam line search)")
 
@@ -340,8 +354,16 @@ def _register_defaults() -> None:
 
 _register_defaults()
 
-# Ablations and variants of this package's optimizers: one line each (not in the default suites).
-register_alsals_variant("alsals-amortized", amortized=True)
+# Ablations and variants of this package's optimizers: one line each (not in the default suites;
+# docs/benchmarks.md has their results). "b" = slope_smoothing, "c" = the Armijo constant.
+register_alsals_variant("alsals-paper-anneal", preset="paper", knows_total_steps=True)
+register_alsals_variant("alsals-paper-b9c5", preset="paper", slope_smoothing=0.9, c=0.5)
+register_alsals_variant("alsals-paper-b9c5-anneal", preset="paper", slope_smoothing=0.9, c=0.5, knows_total_steps=True)
+register_alsals_variant("alsals-no-amortisation", amortized=False, knows_total_steps=True)
+register_alsals_variant("alsals-cosine", anneal="cosine", knows_total_steps=True)
+register_alsals_variant("alsals-linear", anneal="linear", knows_total_steps=True)
+register_alsals_variant("alsals-growth1.01", growth=1.01, knows_total_steps=True)
+register_alsals_variant("alsals-finite-difference", slope="finite_difference", knows_total_steps=True)
 
 
 # --------------------------------------------------------------------------------------------------

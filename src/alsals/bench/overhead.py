@@ -34,7 +34,7 @@ from torch import nn
 from .optimizers import OPTIMIZERS, Adapter, resolve_optimizers
 
 MODELS = ("mlp", "cnn", "gpt")
-DEFAULT_OPTIMIZERS = ("alsals", "alsals-amortized")
+DEFAULT_OPTIMIZERS = ("alsals", "alsals-no-amortisation")  # amortised search on (default) and off
 
 SIZES: dict[str, dict[str, dict[str, int]]] = {
     "tiny": {

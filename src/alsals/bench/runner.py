@@ -59,7 +59,7 @@ DIVERGENCE_FACTOR = 3.0
 FINAL_BATCH_FRACTION = 0.05
 
 QUICK_OPTIMIZERS = [
-    "alsals", "sls", "salsa", "salsa-ref", "adam-tuned",
+    "alsals", "alsals-anytime", "alsals-paper", "sls", "salsa", "salsa-ref", "adam-tuned",
     "prodigy", "dadapt-adam", "schedulefree-adamw", "dog",
 ]
 FULL_OPTIMIZERS = QUICK_OPTIMIZERS + ["adamsls-ref"]
@@ -81,7 +81,8 @@ class Suite:
 SUITES: dict[str, Suite] = {
     "quick": Suite(
         "quick", None, [0], "quick", QUICK_OPTIMIZERS, train_eval_examples=512,
-        description="every task, seed 0, steps_quick steps; ALSALS, the SLS and SaLSa presets, the "
+        description="every task, seed 0, steps_quick steps; ALSALS (told the run length, not told it, "
+                    "and with the paper's settings), the SLS and SaLSa presets, the "
                     "authors' SaLSA, the 6-point tuned-Adam grid, Prodigy, D-Adapt Adam, "
                     "schedule-free AdamW, DoG",
     ),

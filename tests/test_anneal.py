@@ -1,0 +1,88 @@
+"""The built-in anneal (total_steps) and the presets of ALSALS."""
+
+import math
+
+import pytest
+import torch
+
+import alsals
+from alsals.anneal import anneal_factor
+from helpers import batches, mlp, regression_data
+
+
+def test_wsd_is_flat_then_decays_linearly():
+    factors = [anneal_factor("wsd", t, 100, 0.2) for t in range(1, 101)]
+    assert factors[:80] == [1.0] * 80
+    assert factors[80:] == pytest.approx([(100 - t + 1) / 21 for t in range(81, 101)])
+    assert all(a > b for a, b in zip(factors[79:], factors[80:]))
+
+
+def test_linear_and_cosine_shapes():
+    assert anneal_factor("linear", 1, 10, 0.2) == 1.0
+    assert anneal_factor("linear", 10, 10, 0.2) == pytest.approx(0.1)
+    assert anneal_factor("cosine", 1, 10, 0.2) == 1.0
+    assert anneal_factor("cosine", 6, 10, 0.2) == pytest.approx(0.5)
+    assert anneal_factor("cosine", 10, 10, 0.2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.9)))
+    # past the end: the last value
+    assert anneal_factor("linear", 50, 10, 0.2) == anneal_factor("linear", 10, 10, 0.2)
+    with pytest.raises(ValueError):
+        anneal_factor("step", 1, 10, 0.2)
+
+
+@pytest.mark.parametrize("shape", ["wsd", "linear", "cosine"])
+def test_built_in_anneal_equals_the_same_schedule_on_the_lr_multiplier(shape):
+    """total_steps scales the committed step exactly as a LambdaLR with the same factor does: the
+    search (the step sizes) is untouched by it."""
+    X, y = regression_data()
+    order = batches(len(X), 32, 30)
+    runs = []
+    for built_in in (True, False):
+        model = mlp(dropout=0.1)
+        if built_in:
+            opt = alsals.ALSALS(model.parameters(), total_steps=30, anneal=shape, amortized=False)
+            sched = None
+        else:
+            opt = alsals.ALSALS(model.parameters(), amortized=False)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: anneal_factor(shape, t + 1, 30, 0.2))
+        torch.manual_seed(0)
+        etas = []
+        for idx in order:
+            opt.step(lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean())
+            etas.append(opt.step_size)
+            if sched:
+                sched.step()
+        runs.append((etas, [p.detach().clone() for p in model.parameters()], opt.search_state))
+    (e1, p1, s1), (e2, p2, _) = runs
+    assert e1 == e2
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert s1["last_anneal"] == pytest.approx(anneal_factor(shape, 30, 30, 0.2))
+
+
+def test_running_past_total_steps_warns_once_and_keeps_training():
+    model = mlp()
+    X, y = regression_data()
+    opt = alsals.ALSALS(model.parameters(), total_steps=3)
+    with pytest.warns(RuntimeWarning, match="past total_steps"):
+        for idx in batches(len(X), 32, 5):
+            opt.step(lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean())
+    assert opt.search_state["last_anneal"] == pytest.approx(anneal_factor("wsd", 3, 3, 0.2))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(total_steps=0), dict(total_steps=2.5), dict(total_steps=True), dict(anneal="step"),
+               dict(anneal_fraction=0.0), dict(anneal_fraction=1.5), dict(preset="salsa")]
+)
+def test_invalid_anneal_and_preset_arguments(kwargs):
+    with pytest.raises(ValueError):
+        alsals.ALSALS(mlp().parameters(), **kwargs)
+
+
+def test_presets_set_the_defaults_and_explicit_arguments_win():
+    params = list(mlp().parameters())
+    ours = alsals.ALSALS(params)
+    assert (ours.search_config.c, ours.search_config.smoothing, ours.amortisation is not None) == (0.5, 0.9, True)
+    paper = alsals.ALSALS(params, preset="paper")
+    assert (paper.search_config.c, paper.search_config.smoothing, paper.amortisation) == (0.3, 0.99, None)
+    mixed = alsals.ALSALS(params, preset="paper", c=0.4, amortized=True)
+    assert mixed.search_config.c == 0.4 and mixed.amortisation is not None and mixed.search_config.smoothing == 0.99
