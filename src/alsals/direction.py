@@ -124,6 +124,78 @@ def slope_foreach(grads: List[Tensor], directions: List[Tensor]) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
+# A whole step without a search (amortised steps): moments, decay and move, d never materialised.
+# --------------------------------------------------------------------------------------------------
+
+
+def apply_step_reference(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Optional[Tensor],
+    exp_avg_sq: Optional[Tensor],
+    *,
+    kind: str,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    scale: float,
+    keep: float,
+) -> None:
+    """Update the moments of one parameter and set ``w ← keep·w − scale·d`` in place.
+
+    The same numbers as :func:`direction_reference` followed by the move, with ``d`` applied as
+    ``m/(bias1·denom)`` in one ``addcdiv`` (as ``torch.optim.Adam`` does) instead of being stored.
+    """
+    if keep != 1.0:
+        param.mul_(keep)
+    if kind == "gradient":
+        param.add_(grad, alpha=-scale)
+        return
+    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    denom = (exp_avg_sq.sqrt() / sqrt_bias2).add_(eps)
+    if kind == "preconditioned_gradient":
+        param.addcdiv_(grad, denom, value=-scale)
+        return
+    exp_avg.lerp_(grad, 1.0 - beta1)
+    param.addcdiv_(exp_avg, denom, value=-scale / bias1)
+
+
+def apply_step_foreach(
+    params: List[Tensor],
+    grads: List[Tensor],
+    exp_avgs: List[Tensor],
+    exp_avg_sqs: List[Tensor],
+    *,
+    kind: str,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    scale: float,
+    keep: float,
+) -> None:
+    """:func:`apply_step_reference` for a list of parameters, with ``torch._foreach_*`` kernels."""
+    if keep != 1.0:
+        torch._foreach_mul_(params, keep)
+    if kind == "gradient":
+        torch._foreach_add_(params, grads, alpha=-scale)
+        return
+    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, sqrt_bias2)
+    torch._foreach_add_(denom, eps)
+    if kind == "preconditioned_gradient":
+        torch._foreach_addcdiv_(params, grads, denom, value=-scale)
+        return
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, value=-scale / bias1)
+
+
+# --------------------------------------------------------------------------------------------------
 # Moves along the direction (both paths).
 # --------------------------------------------------------------------------------------------------
 

@@ -386,11 +386,17 @@ class ALSALS(Optimizer):
         totals = [torch.stack(torch._foreach_norm(grads, math.inf)).sum().to(device) for grads in by_device.values()]
         return (totals[0] if len(totals) == 1 else torch.stack(totals).sum()) * 0.0
 
-    def _prepare_directions(self, with_slope: bool = True) -> Tuple[List[Tuple[Dict[str, Any], List[_Bucket]]], Tensor]:
+    def _prepare_directions(
+        self, apply: Optional[Tuple[float, float]] = None
+    ) -> Tuple[List[Tuple[Dict[str, Any], List[_Bucket]]], Tensor]:
         """Update the moments of every parameter with a gradient and form the direction.
 
         Returns per group its buckets of (params, directions), and the slope ``D = gᵀd`` as a 0-dim
-        float64 tensor (not read back to the host here; zero when ``with_slope`` is false).
+        float64 tensor (not read back to the host here).
+
+        With ``apply = (η, a)`` (an amortised step: no search) the step is taken at once instead:
+        ``w ← w − lr·a·η·(d + λ·w)`` with ``d`` never stored (as Adam's kernel does); nothing useful
+        is returned then (no buckets, no slope).
         """
         kind = self.direction_kind
         sharded = bool(self._slope_weights)
@@ -429,6 +435,16 @@ class ALSALS(Optimizer):
                     )
                 hyper = dict(kind=kind, beta1=beta1, beta2=beta2, eps=eps, step=step)
                 foreach = self._use_foreach(params)
+                if apply is not None:
+                    step_size, anneal = apply
+                    scale = float(group["lr"]) * anneal * step_size
+                    hyper.update(scale=scale, keep=1.0 - scale * group["weight_decay"])
+                    if foreach:
+                        kernels.apply_step_foreach(params, grads, exp_avgs, exp_avg_sqs, **hyper)
+                    else:
+                        for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+                            kernels.apply_step_reference(p, g, m, v, **hyper)
+                    continue
                 if foreach:
                     directions = kernels.direction_foreach(grads, exp_avgs, exp_avg_sqs, **hyper)
                 else:
@@ -436,8 +452,6 @@ class ALSALS(Optimizer):
                         kernels.direction_reference(g, m, v, **hyper) for g, m, v in zip(grads, exp_avgs, exp_avg_sqs)
                     ]
                 group_buckets.append((params, directions, foreach))
-                if not with_slope:  # an amortised step that will not search needs no slope
-                    continue
                 if foreach:
                     bucket_slopes = [kernels.slope_foreach(grads, directions).to(first_device)]
                 else:
@@ -566,21 +580,21 @@ class ALSALS(Optimizer):
             state["last_status"] = "skipped_nonfinite"
             return
 
-        per_group, slope_tensor = self._prepare_directions(with_slope=searching)
         grown = config.grow(state["step_size"])
         scale = self._annealing(state["steps"])
         state["last_anneal"] = scale
 
         if not searching:
-            # Amortised step: the grown step along d, no trial evaluation.
-            self._move(per_group, -grown)
-            self._commit(per_group, grown, scale)
+            # Amortised step: the grown step along d, no trial evaluation, d never stored.
+            self._prepare_directions(apply=(grown, scale))
             state["steps_until_search"] -= 1
             state["skipped_searches"] += 1
             state["last_status"] = "amortised"
             if self.growth_per == "step":
                 state["step_size"] = grown
             return
+
+        per_group, slope_tensor = self._prepare_directions()
 
         start = 0.0  # the parameters sit at w − start·d
         fd_slope = None

@@ -179,3 +179,22 @@ def test_quick_suite_smoke_on_every_real_task(tmp_path):
         assert r["status"] == "ok", (r["task"], r["optimizer"], r["error"])
         assert math.isfinite(r["final_train_loss"]) and math.isfinite(r["final_batch_loss_avg"])
     assert len(list((tmp_path / "plots").glob("*.png"))) == len(tasks)
+
+
+def test_report_only_merges_later_runs_over_earlier_ones(tmp_path):
+    from alsals.bench import cli, report
+
+    from .test_report import _rec
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    report.write_results_json(
+        str(first / "results.json"), {"suite": "x"}, [_rec("A", "adam-lr1e-3", 0, 1.0, lr=1e-3), _rec("A", "alsals", 0, 2.0)]
+    )
+    report.write_results_json(str(second / "results.json"), {}, [_rec("A", "alsals", 0, 0.5), _rec("A", "alsals", 1, 0.7)])
+    assert cli.main(["bench", "--report-only", str(first), "--merge", str(second), "--no-plots"]) == 0
+    meta, runs = report.load_results(str(first))
+    by_key = {(r["optimizer"], r["seed"]): r["final_train_loss"] for r in runs}
+    assert by_key == {("adam-lr1e-3", 0): 1.0, ("alsals", 0): 0.5, ("alsals", 1): 0.7}
+    assert meta["merged_from"][1] == str(second)
+    assert "merged from" in (first / "results.md").read_text()

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="size of the fixed training subset of the final train loss (default: the suite's)")
     bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     bench.add_argument("--report-only", metavar="DIR", help="rebuild results.md and the plots from DIR/results.json")
+    bench.add_argument("--merge", metavar="DIR", nargs="+", default=[],
+                       help="with --report-only: first merge the runs of these results.json files into DIR "
+                            "(a run of the same task, optimizer and seed in a later file replaces the earlier one)")
     bench.add_argument("--list", action="store_true", help="list tasks, optimizers and suites, then exit")
     ov = bench.add_argument_group("overhead suite")
     ov.add_argument("--device", default="cpu", help="device of the overhead suite: cpu (default) or cuda")
@@ -210,6 +213,20 @@ def run_report_only(args, parser) -> int:
     if not os.path.exists(path):
         parser.error(f"--report-only: no results.json at {path}")
     meta, runs = report.load_results(path)
+    if args.merge:
+        def key(run: dict) -> tuple:
+            name = lambda v: v.get("name") if isinstance(v, dict) else v  # noqa: E731
+            return name(run.get("task")), name(run.get("optimizer")), run.get("seed")
+
+        merged = {key(r): r for r in runs}
+        sources = [path]
+        for extra in args.merge:
+            _, extra_runs = report.load_results(extra)
+            merged.update({key(r): r for r in extra_runs})
+            sources.append(extra)
+        runs = list(merged.values())
+        meta = {**meta, "merged_from": sources}
+        report.write_results_json(path, meta, runs)
     out_dir = os.path.dirname(path) or "."
     paths = report.write_report(out_dir, meta, runs, plots=not args.no_plots)
     print(f"wrote {paths['md']}" + (f" and {len(paths['plots'])} plots" if paths.get("plots") else ""))

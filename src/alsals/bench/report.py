@@ -349,6 +349,7 @@ def header_markdown(meta: dict) -> str:
         ("total wall time", f"{meta['wall_seconds']:.0f} s" if finite(meta.get("wall_seconds")) else None),
         ("CPU time of the runs", f"{meta['runs_cpu_seconds']:.0f} s" if finite(meta.get("runs_cpu_seconds")) else None),
         ("seeds", meta.get("seeds")),
+        ("merged from", ", ".join(f"`{p}`" for p in meta["merged_from"]) if meta.get("merged_from") else None),
         ("packages", ", ".join(f"{k} {v}" for k, v in (m.get("packages") or {}).items() if v)),
     ]
     for k, v in items:
