@@ -26,7 +26,7 @@ direction is a fresh tensor per parameter that lives for one optimizer step only
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -54,6 +54,25 @@ def _bias_corrections(beta1: float, beta2: float, step: int) -> tuple[float, flo
 # --------------------------------------------------------------------------------------------------
 
 
+def _moments_reference(
+    grad: Tensor,
+    exp_avg: Optional[Tensor],
+    exp_avg_sq: Tensor,
+    *,
+    kind: str,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+) -> Tuple[Tensor, float]:
+    """Update the moments in place; return the denominator ``√v̂ + ε`` (a new tensor) and ``1 − β1^t``."""
+    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    if kind == "adam":
+        exp_avg.lerp_(grad, 1.0 - beta1)
+    return (exp_avg_sq.sqrt() / sqrt_bias2).add_(eps), bias1
+
+
 def direction_reference(
     grad: Tensor,
     exp_avg: Optional[Tensor],
@@ -68,64 +87,12 @@ def direction_reference(
     """Update the moments of one parameter in place and return its direction ``d``."""
     if kind == "gradient":
         return grad.clone()
-    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    preconditioner = (exp_avg_sq.sqrt() / sqrt_bias2).add_(eps).reciprocal_()
+    hyper = dict(kind=kind, beta1=beta1, beta2=beta2, eps=eps, step=step)
+    preconditioner, bias1 = _moments_reference(grad, exp_avg, exp_avg_sq, **hyper)
+    preconditioner.reciprocal_()
     if kind == "preconditioned_gradient":
         return preconditioner.mul_(grad)
-    exp_avg.lerp_(grad, 1.0 - beta1)
     return preconditioner.mul_(exp_avg).mul_(1.0 / bias1)
-
-
-def slope_reference(grad: Tensor, direction: Tensor) -> Tensor:
-    """``gᵀd`` of one parameter as a float64 scalar."""
-    return torch.dot(grad.reshape(-1).float(), direction.reshape(-1).float()).double()
-
-
-# --------------------------------------------------------------------------------------------------
-# Multi-tensor fast path: lists of tensors on one device with one dtype.
-# --------------------------------------------------------------------------------------------------
-
-
-def direction_foreach(
-    grads: List[Tensor],
-    exp_avgs: List[Tensor],
-    exp_avg_sqs: List[Tensor],
-    *,
-    kind: str,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    step: int,
-) -> List[Tensor]:
-    """:func:`direction_reference` for a list of parameters, with ``torch._foreach_*`` kernels."""
-    if kind == "gradient":
-        return [g.clone() for g in grads]
-    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-    directions = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(directions, sqrt_bias2)
-    torch._foreach_add_(directions, eps)
-    torch._foreach_reciprocal_(directions)
-    if kind == "preconditioned_gradient":
-        torch._foreach_mul_(directions, grads)
-        return directions
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-    torch._foreach_mul_(directions, exp_avgs)
-    torch._foreach_mul_(directions, 1.0 / bias1)
-    return directions
-
-
-def slope_foreach(grads: List[Tensor], directions: List[Tensor]) -> Tensor:
-    """``Σ gᵀd`` over a list of parameters as a float64 scalar."""
-    dots = [torch.dot(g.reshape(-1).float(), d.reshape(-1).float()) for g, d in zip(grads, directions)]
-    return torch.stack(dots).double().sum()
-
-
-# --------------------------------------------------------------------------------------------------
-# A whole step without a search (amortised steps): moments, decay and move, d never materialised.
-# --------------------------------------------------------------------------------------------------
 
 
 def apply_step_reference(
@@ -142,7 +109,8 @@ def apply_step_reference(
     scale: float,
     keep: float,
 ) -> None:
-    """Update the moments of one parameter and set ``w ← keep·w − scale·d`` in place.
+    """A whole step without a search (amortised steps): update the moments of one parameter and
+    set ``w ← keep·w − scale·d`` in place.
 
     The same numbers as :func:`direction_reference` followed by the move, with ``d`` applied as
     ``m/(bias1·denom)`` in one ``addcdiv`` (as ``torch.optim.Adam`` does) instead of being stored.
@@ -152,14 +120,69 @@ def apply_step_reference(
     if kind == "gradient":
         param.add_(grad, alpha=-scale)
         return
-    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step)
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-    denom = (exp_avg_sq.sqrt() / sqrt_bias2).add_(eps)
+    denom, bias1 = _moments_reference(grad, exp_avg, exp_avg_sq, kind=kind, beta1=beta1, beta2=beta2, eps=eps, step=step)
     if kind == "preconditioned_gradient":
         param.addcdiv_(grad, denom, value=-scale)
-        return
-    exp_avg.lerp_(grad, 1.0 - beta1)
-    param.addcdiv_(exp_avg, denom, value=-scale / bias1)
+    else:
+        param.addcdiv_(exp_avg, denom, value=-scale / bias1)
+
+
+def slope_reference(grad: Tensor, direction: Tensor) -> Tensor:
+    """``gᵀd`` of one parameter as a float64 scalar."""
+    return torch.dot(grad.reshape(-1).float(), direction.reshape(-1).float()).double()
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-tensor fast path: lists of tensors on one device with one dtype.
+# --------------------------------------------------------------------------------------------------
+
+
+def _moments_foreach(
+    grads: List[Tensor],
+    exp_avgs: List[Tensor],
+    exp_avg_sqs: List[Tensor],
+    *,
+    kind: str,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+) -> Tuple[List[Tensor], float]:
+    """:func:`_moments_reference` for a list of parameters."""
+    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
+    if kind == "adam":
+        torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, sqrt_bias2)
+    torch._foreach_add_(denom, eps)
+    return denom, bias1
+
+
+def direction_foreach(
+    grads: List[Tensor],
+    exp_avgs: List[Tensor],
+    exp_avg_sqs: List[Tensor],
+    *,
+    kind: str,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+) -> List[Tensor]:
+    """:func:`direction_reference` for a list of parameters, with ``torch._foreach_*`` kernels."""
+    if kind == "gradient":
+        return [g.clone() for g in grads]
+    hyper = dict(kind=kind, beta1=beta1, beta2=beta2, eps=eps, step=step)
+    directions, bias1 = _moments_foreach(grads, exp_avgs, exp_avg_sqs, **hyper)
+    torch._foreach_reciprocal_(directions)
+    if kind == "preconditioned_gradient":
+        torch._foreach_mul_(directions, grads)
+        return directions
+    torch._foreach_mul_(directions, exp_avgs)
+    torch._foreach_mul_(directions, 1.0 / bias1)
+    return directions
 
 
 def apply_step_foreach(
@@ -182,17 +205,17 @@ def apply_step_foreach(
     if kind == "gradient":
         torch._foreach_add_(params, grads, alpha=-scale)
         return
-    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, sqrt_bias2)
-    torch._foreach_add_(denom, eps)
+    denom, bias1 = _moments_foreach(grads, exp_avgs, exp_avg_sqs, kind=kind, beta1=beta1, beta2=beta2, eps=eps, step=step)
     if kind == "preconditioned_gradient":
         torch._foreach_addcdiv_(params, grads, denom, value=-scale)
-        return
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
-    torch._foreach_addcdiv_(params, exp_avgs, denom, value=-scale / bias1)
+    else:
+        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-scale / bias1)
+
+
+def slope_foreach(grads: List[Tensor], directions: List[Tensor]) -> Tensor:
+    """``Σ gᵀd`` over a list of parameters as a float64 scalar."""
+    dots = [torch.dot(g.reshape(-1).float(), d.reshape(-1).float()) for g, d in zip(grads, directions)]
+    return torch.stack(dots).double().sum()
 
 
 # --------------------------------------------------------------------------------------------------
