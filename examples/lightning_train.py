@@ -41,6 +41,9 @@ def make_data(n: int, dim: int, classes: int, seed: int = 0):
 
 
 class Classifier(L.LightningModule):
+    #: keyword arguments of ALSALS (``--no-amortisation`` searches at every step)
+    optimizer_kwargs: dict = {}
+
     def __init__(self, dim: int, hidden: int, classes: int):
         super().__init__()
         torch.manual_seed(0)
@@ -59,7 +62,7 @@ class Classifier(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return alsals.ALSALS(self.parameters())
+        return alsals.ALSALS(self.parameters(), **self.optimizer_kwargs)
 
 
 class ForwardOnlyClassifier(ForwardOnlyTrials, Classifier):
@@ -132,7 +135,9 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-amortisation", action="store_true", help="search at every step (amortized=False)")
     args = parser.parse_args(argv)
+    Classifier.optimizer_kwargs = {"amortized": False} if args.no_amortisation else {}
     torch.set_num_threads(args.threads)
     modes = list(MODES) if args.mode == "all" else [args.mode]
     results = [run(mode, args.steps, args.hidden, args.batch_size) for mode in modes]
