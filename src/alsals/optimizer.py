@@ -33,10 +33,12 @@ from . import distributed
 from .distributed import Reducer, local_tensor
 from .anneal import ANNEAL_SHAPES, anneal_factor
 from .search import (
+    INTERVAL_RULES,
     AmortisationConfig,
     SearchConfig,
     SearchStatus,
     backtrack,
+    next_interval,
     search_interval,
     smooth,
 )
@@ -118,9 +120,12 @@ class ALSALS(Optimizer):
         growth_per: ``"step"`` (the carried step size grows at every step) or ``"search"`` (only
             when a search starts; steps between amortised searches use the grown size without
             keeping it).
-        amortized: search only every few steps (SaLSa's rule, :class:`~alsals.search.AmortisationConfig`).
+        amortized: search only every few steps (:class:`~alsals.search.AmortisationConfig`).
             Default on (the paper: off).
         max_search_interval: the longest interval between amortised searches.
+        search_interval_rule: ``"doubling"`` (default: the interval doubles after a search that did
+            not cut the step size and drops to 1 after one that did) or ``"salsa"`` (SaLSa's rule
+            from two averages of the accepted step size).
         foreach: use the multi-tensor kernels (default: on, unless a parameter is on a device
             without them); ``False`` uses the single-tensor reference implementation.
         process_group, distributed: see :class:`~alsals.distributed.Reducer`. Under
@@ -170,6 +175,7 @@ class ALSALS(Optimizer):
         growth_per: str = "step",
         amortized: Optional[bool] = None,
         max_search_interval: int = 10,
+        search_interval_rule: str = "doubling",
         foreach: Optional[bool] = None,
         process_group: Optional[Any] = None,
         distributed: Optional[bool] = None,
@@ -200,6 +206,7 @@ class ALSALS(Optimizer):
         if isinstance(max_search_interval, bool) or not isinstance(max_search_interval, int) or max_search_interval < 1:
             raise ValueError(f"max_search_interval must be an int >= 1, got {max_search_interval!r}")
         for name, value, allowed in (
+            ("search_interval_rule", search_interval_rule, INTERVAL_RULES),
             ("direction", direction, kernels.DIRECTION_KINDS),
             ("slope", slope, SLOPE_METHODS),
             ("growth_per", growth_per, GROWTH_PER),
@@ -231,7 +238,9 @@ class ALSALS(Optimizer):
             max_backtracks=max_backtracks,
             ascent_handling=ascent_handling,
         )
-        self.amortisation = AmortisationConfig(max_interval=max_search_interval) if amortized else None
+        self.amortisation = (
+            AmortisationConfig(max_interval=max_search_interval, rule=search_interval_rule) if amortized else None
+        )
         self.direction_kind = direction
         self.slope_method = slope
         self.finite_difference_eps = float(finite_difference_eps)
@@ -307,6 +316,7 @@ class ALSALS(Optimizer):
             "step_size_fast": 0.0,
             "step_size_slow": 0.0,
             "steps_until_search": 0,
+            "search_interval": 1,
             "last_loss": math.nan,
             "last_trials": 0,
             "last_status": "",
@@ -652,14 +662,21 @@ class ALSALS(Optimizer):
         state["last_trials"] = result.trials
         state["last_status"] = result.status.value
         if self.amortisation is not None:
-            self._update_amortisation(state, result.step_size)
+            backtracked = result.backtracks > 0 or not result.status.commits or result.status is SearchStatus.GAVE_UP
+            self._update_amortisation(state, result.step_size, backtracked)
 
-    def _update_amortisation(self, state: Dict[str, Any], step_size: float) -> None:
+    def _update_amortisation(self, state: Dict[str, Any], step_size: float, backtracked: bool) -> None:
         amortisation = self.amortisation
+        if amortisation.rule == "doubling":
+            interval = next_interval(state["search_interval"], backtracked, amortisation.max_interval)
+            state["search_interval"] = interval
+            state["steps_until_search"] = interval - 1
+            return
         if state["searches"] == 1:
             state["step_size_fast"] = state["step_size_slow"] = step_size
         else:
             state["step_size_fast"] = smooth(state["step_size_fast"], step_size, amortisation.fast)
             state["step_size_slow"] = smooth(state["step_size_slow"], step_size, amortisation.slow)
         interval = search_interval(state["step_size_fast"], state["step_size_slow"], amortisation.max_interval)
+        state["search_interval"] = interval
         state["steps_until_search"] = interval - 1

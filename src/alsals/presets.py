@@ -66,6 +66,7 @@ class SaLSa(ALSALS):
             backtrack=0.8,
             ascent_handling=False,
             amortized=True,
+            search_interval_rule="salsa",
         )
         settings.update(overrides)
         super().__init__(params, **settings)

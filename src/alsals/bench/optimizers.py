@@ -360,6 +360,7 @@ register_alsals_variant("alsals-paper-anneal", preset="paper", knows_total_steps
 register_alsals_variant("alsals-paper-b9c5", preset="paper", slope_smoothing=0.9, c=0.5)
 register_alsals_variant("alsals-paper-b9c5-anneal", preset="paper", slope_smoothing=0.9, c=0.5, knows_total_steps=True)
 register_alsals_variant("alsals-no-amortisation", amortized=False, knows_total_steps=True)
+register_alsals_variant("alsals-salsa-interval", search_interval_rule="salsa", knows_total_steps=True)
 register_alsals_variant("alsals-cosine", anneal="cosine", knows_total_steps=True)
 register_alsals_variant("alsals-linear", anneal="linear", knows_total_steps=True)
 register_alsals_variant("alsals-growth1.01", growth=1.01, knows_total_steps=True)
