@@ -577,3 +577,40 @@ def test_grad_scaler_without_closure_explains_the_framework_case():
     opt = alsals.ALSALS(mlp().parameters())
     with pytest.raises(TypeError, match="bf16"):
         opt.step(grad_scaler=torch.amp.GradScaler("cpu"))
+
+
+def test_doubling_interval_searches_rarely_while_searches_confirm_the_step_size():
+    # A very flat quadratic: no trial is ever rejected, so after the 10 warm-up searches the interval
+    # doubles to its maximum of 10.
+    w = nn.Parameter(torch.ones(4))
+    opt = alsals.ALSALS([w], initial_step_size=1e-3)
+    for _ in range(100):
+        opt.step(lambda: 1e-3 * (w**2).sum())
+    counters = opt.counters
+    assert counters["backtracks"] == 0
+    assert counters["searches"] == 10 + 9  # steps 1..10, then 20, 30, ..., 100
+    assert opt.search_state["search_interval"] == 10
+
+
+def test_doubling_interval_drops_to_one_after_a_backtrack():
+    w = nn.Parameter(torch.ones(4))
+    opt = alsals.ALSALS([w], initial_step_size=1e-3)
+    for _ in range(30):
+        opt.step(lambda: 1e-3 * (w**2).sum())
+    assert opt.search_state["search_interval"] == 10
+    while opt.search_state["steps_until_search"] > 0:  # the next step searches
+        opt.step(lambda: 1e-3 * (w**2).sum())
+    # a steep minimum just beside the weights: the next search overshoots it and must backtrack
+    target = w.detach() + 1e-4
+    steep = lambda: 1e6 * ((w - target) ** 2).sum()  # noqa: E731
+    opt.step(steep)
+    assert opt.search_state["last_status"] == "accepted" and opt.search_state["last_trials"] > 1
+    assert opt.search_state["search_interval"] == 1 and opt.search_state["steps_until_search"] == 0
+    opt.step(steep)
+    assert opt.search_state["last_status"] != "amortised"  # searched again at once
+
+
+def test_salsa_preset_keeps_salsas_interval_rule():
+    assert alsals.SaLSa(mlp().parameters()).amortisation.rule == "salsa"
+    with pytest.raises(ValueError):
+        alsals.ALSALS(mlp().parameters(), search_interval_rule="halving")

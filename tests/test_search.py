@@ -179,3 +179,11 @@ def test_optimizer_steps_respect_the_rule_and_bounds(seed, scale, c, initial, am
             assert armijo_holds(state["smoothed_decrease"], eta, c_eff, state["smoothed_slope"])
         elif state["last_status"] in ("gave_up", "failed"):
             assert eta == 1e-6 or state["last_trials"] == 21
+
+
+def test_doubling_interval_rule():
+    from alsals.search import next_interval
+
+    assert [next_interval(L, False, 10) for L in (1, 2, 4, 8, 10)] == [2, 4, 8, 10, 10]
+    assert next_interval(8, True, 10) == 1
+    assert next_interval(0, False, 10) == 2
