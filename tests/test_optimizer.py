@@ -580,16 +580,17 @@ def test_grad_scaler_without_closure_explains_the_framework_case():
 
 
 def test_doubling_interval_searches_rarely_while_searches_confirm_the_step_size():
-    # A very flat quadratic: no trial is ever rejected, so after the 10 warm-up searches the interval
-    # doubles to its maximum of 10.
+    # A very flat quadratic: no trial is ever rejected, so during the 10 warm-up searches the interval
+    # doubles to its maximum (20), and then the optimizer searches every 20 steps.
     w = nn.Parameter(torch.ones(4))
     opt = alsals.ALSALS([w], initial_step_size=1e-3)
+    assert opt.amortisation.max_interval == 20
     for _ in range(100):
         opt.step(lambda: 1e-3 * (w**2).sum())
     counters = opt.counters
     assert counters["backtracks"] == 0
-    assert counters["searches"] == 10 + 9  # steps 1..10, then 20, 30, ..., 100
-    assert opt.search_state["search_interval"] == 10
+    assert counters["searches"] == 10 + 4  # steps 1..10, then 30, 50, 70, 90
+    assert opt.search_state["search_interval"] == 20
 
 
 def test_doubling_interval_drops_to_one_after_a_backtrack():
@@ -597,7 +598,7 @@ def test_doubling_interval_drops_to_one_after_a_backtrack():
     opt = alsals.ALSALS([w], initial_step_size=1e-3)
     for _ in range(30):
         opt.step(lambda: 1e-3 * (w**2).sum())
-    assert opt.search_state["search_interval"] == 10
+    assert opt.search_state["search_interval"] == 20
     while opt.search_state["steps_until_search"] > 0:  # the next step searches
         opt.step(lambda: 1e-3 * (w**2).sum())
     # a steep minimum just beside the weights: the next search overshoots it and must backtrack

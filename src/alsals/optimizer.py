@@ -174,7 +174,7 @@ class ALSALS(Optimizer):
         finite_difference_eps: float = 5e-9,
         growth_per: str = "step",
         amortized: Optional[bool] = None,
-        max_search_interval: int = 10,
+        max_search_interval: int = 20,
         search_interval_rule: str = "doubling",
         foreach: Optional[bool] = None,
         process_group: Optional[Any] = None,

@@ -67,6 +67,7 @@ class SaLSa(ALSALS):
             ascent_handling=False,
             amortized=True,
             search_interval_rule="salsa",
+            max_search_interval=10,
         )
         settings.update(overrides)
         super().__init__(params, **settings)

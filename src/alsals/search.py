@@ -189,7 +189,7 @@ class AmortisationConfig:
 
     fast: float = 0.9
     slow: float = 0.99
-    max_interval: int = 10
+    max_interval: int = 20
     warmup_searches: int = 10
     rule: str = "doubling"
 
