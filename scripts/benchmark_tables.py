@@ -19,12 +19,15 @@ HEADLINE = [
 ]
 ABLATION = [
     ("alsals-paper", "paper settings (c 0.3, β_s 0.99, every step searched, no anneal)"),
-    ("alsals-paper-anneal", "paper settings + the WSD anneal"),
     ("alsals-paper-b9c5", "paper + c 0.5, β_s 0.9"),
-    ("alsals-no-amortisation", "paper + c 0.5, β_s 0.9 + WSD anneal (every step searched)"),
+    ("alsals-no-amortisation", "… + WSD anneal (every step searched)"),
     ("alsals-salsa-interval", "… + amortised search, SaLSa's interval rule"),
-    ("alsals", "… + amortised search, doubling interval rule (**final defaults**)"),
+    ("alsals-doubling", "… + amortised search, doubling rule (any cut resets the interval)"),
+    ("alsals", "… + amortised search, halving rule (**final defaults**)"),
+    ("alsals-paper-anneal", "paper settings + the WSD anneal only"),
     ("alsals-anytime", "final defaults without total_steps (no anneal)"),
+    ("alsals-interval10", "final, longest interval 10 instead of 20"),
+    ("alsals-interval40", "final, longest interval 40 instead of 20"),
     ("alsals-cosine", "final, cosine anneal instead of WSD"),
     ("alsals-linear", "final, linear anneal instead of WSD"),
     ("alsals-growth1.01", "final, growth 1.01 per step instead of 1/0.999"),
@@ -122,4 +125,5 @@ if __name__ == "__main__":
     print("\n## oracle: final train loss / best grid point by train loss\n")
     print(oracle_table(summary, ["alsals", "alsals-anytime", "salsa-ref", "schedulefree-adamw", "prodigy"]))
     print("\n## wall seconds / best tuned Adam\n")
-    print(seconds_table(summary, ["alsals", "alsals-anytime", "alsals-no-amortisation", "alsals-salsa-interval", "alsals-paper"]))
+    print(seconds_table(summary, ["alsals", "alsals-anytime", "alsals-doubling", "alsals-no-amortisation",
+                                 "alsals-salsa-interval", "alsals-paper"]))

@@ -223,6 +223,48 @@ def test_nonfinite_gradient_skips_the_step():
     assert len(opt.state) == 0  # no moments were created from a poisoned gradient
 
 
+def _poison(value):
+    """A gradient hook that puts ``value`` into one entry (two entries of opposite sign for "±inf")."""
+
+    def hook(g):
+        g = g.clone()
+        if value == "±inf":
+            g.view(-1)[0], g.view(-1)[1] = float("inf"), float("-inf")
+        else:
+            g.view(-1)[0] = value
+        return g
+
+    return hook
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "±inf"])
+def test_one_nonfinite_gradient_entry_skips_an_amortised_step_too(value):
+    model = mlp()
+    X, y = regression_data()
+    opt = alsals.ALSALS(model.parameters())
+    closure = mse_closure(model, X, y, torch.arange(32))
+    for _ in range(12):  # past the 10 warm-up searches: the next step is amortised
+        opt.step(closure)
+    assert opt.search_state["steps_until_search"] > 0
+    before = [p.detach().clone() for p in model.parameters()]
+    handle = model[2].weight.register_hook(_poison(value))
+    opt.step(closure)
+    handle.remove()
+    assert opt.counters["skipped_steps"] == 1
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_large_finite_low_precision_gradients_are_not_mistaken_for_overflow(dtype):
+    # 4096 entries of 200 (g² = 40000 still fits fp16's moments): their sum, 819200, would overflow
+    # an fp16 accumulator (max 65504)
+    w = nn.Parameter(torch.zeros(4096, dtype=dtype))
+    opt = alsals.ALSALS([w])
+    opt.step(lambda: (w.float() * 200.0).sum())
+    assert opt.counters["skipped_steps"] == 0 and opt.counters["steps"] == 1
+    assert torch.isfinite(w).all() and (w != 0).all()
+
+
 def test_nonfinite_trial_losses_are_rejected_and_counted():
     X, y = regression_data()
     model = mlp()
@@ -579,11 +621,13 @@ def test_grad_scaler_without_closure_explains_the_framework_case():
         opt.step(grad_scaler=torch.amp.GradScaler("cpu"))
 
 
-def test_doubling_interval_searches_rarely_while_searches_confirm_the_step_size():
+@pytest.mark.parametrize("rule", ["halving", "doubling"])
+def test_interval_grows_while_searches_confirm_the_step_size(rule):
     # A very flat quadratic: no trial is ever rejected, so during the 10 warm-up searches the interval
     # doubles to its maximum (20), and then the optimizer searches every 20 steps.
     w = nn.Parameter(torch.ones(4))
-    opt = alsals.ALSALS([w], initial_step_size=1e-3)
+    opt = alsals.ALSALS([w], initial_step_size=1e-3, search_interval_rule=rule)
+    assert opt.amortisation.rule == rule
     assert opt.amortisation.max_interval == 20
     for _ in range(100):
         opt.step(lambda: 1e-3 * (w**2).sum())
@@ -595,7 +639,7 @@ def test_doubling_interval_searches_rarely_while_searches_confirm_the_step_size(
 
 def test_doubling_interval_drops_to_one_after_a_backtrack():
     w = nn.Parameter(torch.ones(4))
-    opt = alsals.ALSALS([w], initial_step_size=1e-3)
+    opt = alsals.ALSALS([w], initial_step_size=1e-3, search_interval_rule="doubling")
     for _ in range(30):
         opt.step(lambda: 1e-3 * (w**2).sum())
     assert opt.search_state["search_interval"] == 20
@@ -611,7 +655,33 @@ def test_doubling_interval_drops_to_one_after_a_backtrack():
     assert opt.search_state["last_status"] != "amortised"  # searched again at once
 
 
+def test_halving_interval_rule_halves_the_interval_per_cut_of_the_step_size():
+    w = nn.Parameter(torch.ones(4))
+    opt = alsals.ALSALS([w], initial_step_size=1e-3)
+    assert opt.amortisation.rule == "halving"  # the default
+    for _ in range(30):
+        opt.step(lambda: 1e-3 * (w**2).sum())
+    assert opt.search_state["search_interval"] == 20
+    while opt.search_state["steps_until_search"] > 0:
+        opt.step(lambda: 1e-3 * (w**2).sum())
+    target = w.detach() + 1e-4
+    steep = lambda: 1e6 * ((w - target) ** 2).sum()  # noqa: E731
+    before = opt.counters["backtracks"]
+    opt.step(steep)
+    cuts = opt.counters["backtracks"] - before
+    assert opt.search_state["last_status"] == "accepted" and cuts >= 1
+    assert opt.search_state["search_interval"] == max(1, 20 >> cuts)
+    # and a search that accepts its first trial doubles it again
+    interval = opt.search_state["search_interval"]
+    flat = lambda: 1e-12 * (w**2).sum()  # noqa: E731
+    while opt.search_state["steps_until_search"] > 0:
+        opt.step(flat)
+    opt.step(flat)
+    assert opt.search_state["last_trials"] == 1
+    assert opt.search_state["search_interval"] == min(20, 2 * interval)
+
+
 def test_salsa_preset_keeps_salsas_interval_rule():
     assert alsals.SaLSa(mlp().parameters()).amortisation.rule == "salsa"
     with pytest.raises(ValueError):
-        alsals.ALSALS(mlp().parameters(), search_interval_rule="halving")
+        alsals.ALSALS(mlp().parameters(), search_interval_rule="tripling")

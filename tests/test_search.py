@@ -181,9 +181,21 @@ def test_optimizer_steps_respect_the_rule_and_bounds(seed, scale, c, initial, am
             assert eta == 1e-6 or state["last_trials"] == 21
 
 
-def test_doubling_interval_rule():
+@pytest.mark.parametrize("halve", [False, True])
+def test_interval_doubles_after_a_search_that_confirms_the_step_size(halve):
     from alsals.search import next_interval
 
-    assert [next_interval(L, False, 10) for L in (1, 2, 4, 8, 10)] == [2, 4, 8, 10, 10]
-    assert next_interval(8, True, 10) == 1
-    assert next_interval(0, False, 10) == 2
+    assert [next_interval(L, 0, True, 10, halve=halve) for L in (1, 2, 4, 8, 10)] == [2, 4, 8, 10, 10]
+    assert next_interval(0, 0, True, 10, halve=halve) == 2
+    # a search that did not commit (gave up / failed): search again at the next step
+    assert next_interval(16, 0, False, 20, halve=halve) == 1
+    assert next_interval(16, 3, False, 20, halve=halve) == 1
+
+
+def test_doubling_rule_resets_and_halving_rule_halves_per_cut():
+    from alsals.search import next_interval
+
+    assert [next_interval(16, k, True, 20) for k in (1, 2, 5)] == [1, 1, 1]
+    assert [next_interval(16, k, True, 20, halve=True) for k in (1, 2, 3, 4, 5, 100)] == [8, 4, 2, 1, 1, 1]
+    assert next_interval(20, 1, True, 20, halve=True) == 10
+    assert next_interval(1, 1, True, 20, halve=True) == 1

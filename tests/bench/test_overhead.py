@@ -88,3 +88,13 @@ def test_overhead_rejects_unknown_models_and_missing_cuda(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             cli.main(["bench", "--suite", "overhead", "--device", "cuda", "--size", "tiny", "--out", str(tmp_path)])
         assert exc.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+
+
+def test_paired_ratio_cancels_load_that_changes_between_repetitions():
+    from alsals.bench.overhead import paired_ratio
+
+    load = [1.0, 3.0, 1.0, 3.0, 3.0]  # the machine is 3x slower in some repetitions
+    adam = [10.0 * x for x in load]
+    alsals = [11.0 * x for x in load]
+    assert abs(paired_ratio(alsals, adam) - 1.1) < 1e-12
+    assert paired_ratio([1.0], [0.0]) != paired_ratio([1.0], [0.0])  # no valid pair: NaN

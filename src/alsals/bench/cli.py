@@ -96,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--device", default="cpu", help="device of the overhead suite: cpu (default) or cuda")
     ov.add_argument("--models", nargs="+", metavar="MODEL", help="overhead models among mlp, cnn, gpt (default all)")
     ov.add_argument("--size", choices=["tiny", "small", "large"], default="small", help="overhead model size")
-    ov.add_argument("--repeats", type=_positive, default=7, help="timed repetitions per optimizer (median)")
-    ov.add_argument("--warmup", type=_positive, default=5, help="warm-up steps per optimizer")
-    ov.add_argument("--block-steps", type=_positive, default=5, help="steps per timed block")
+    ov.add_argument("--repeats", type=_positive, default=9, help="timed blocks per optimizer (median)")
+    ov.add_argument("--warmup", type=_positive, default=100,
+                    help="warm-up steps per optimizer (default 100: past ALSALS's 10 initial searches)")
+    ov.add_argument("--block-steps", type=_positive, default=40,
+                    help="steps per timed block (default 40: two of ALSALS's longest amortisation "
+                         "intervals, so that every block holds its searches in proportion)")
     return parser
 
 

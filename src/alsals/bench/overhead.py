@@ -4,7 +4,13 @@ Method. For each model (an MLP, a CNN and a small GPT, built here, on synthetic 
 package needed) every optimizer gets its own copy of the same initial weights and the same fixed pool
 of batches. After ``warmup`` steps each, the optimizers are timed interleaved (A B C, A B C, ... with
 the order rotated at every repetition), ``block_steps`` steps per timed block, ``repeats`` blocks
-each; the time per step is the median over the blocks, and the ratio is against Adam's median.
+each; the time per step is the median over the blocks, and the ratio to Adam is the median over
+the repetitions of the paired ratio (the two blocks of a repetition ran next to each other in time,
+under the same machine load).
+With amortised search, a step with a search costs one forward more than a step without; a block must
+therefore span the amortisation cycle (the command's default is 40 steps, twice ALSALS's longest
+interval between searches), or the median over blocks picks the blocks without a search and
+understates the cost (or those with one and overstates it).
 Adam's step is the plain loop ``zero_grad; loss = closure(); loss.backward(); step()`` and ALSALS's is
 ``step(closure)``; neither reads the loss on the host, and CUDA is synchronised around every block.
 
@@ -231,6 +237,18 @@ def _make_contender(name: str, base: nn.Module, batches, loss_fn, device, total_
     return _Contender(name, model, opt, step, counts, times=[])
 
 
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """The median over repetitions of ``times[r] / reference[r]``.
+
+    Block ``r`` of every optimizer runs in the same repetition, next to each other in time, so the
+    ratio of a pair is taken under the same machine load; the median of the pairs is robust to
+    load that changes between repetitions (other tenants of a shared machine), where the ratio of
+    the two medians is not.
+    """
+    pairs = [t / r for t, r in zip(times, reference) if r > 0]
+    return statistics.median(pairs) if pairs else float("nan")
+
+
 def measure_model(kind: str, optimizers, *, size: str = "small", device: str = "cpu", warmup: int = 5,
                   repeats: int = 7, block_steps: int = 5, seed: int = 0) -> list[dict]:
     dev = torch.device(device)
@@ -283,7 +301,7 @@ def measure_model(kind: str, optimizers, *, size: str = "small", device: str = "
                 "ms_per_step": ms,
                 "ms_per_step_min": min(c.times) * 1e3,
                 "ms_per_step_max": max(c.times) * 1e3,
-                "ratio_to_adam": ms / adam_ms if adam_ms and math.isfinite(adam_ms) else float("nan"),
+                "ratio_to_adam": paired_ratio(c.times, adam.times) if adam is not None else float("nan"),
                 "fwd_per_step": c.counts["fwd"] / timed_steps,
                 "bwd_per_step": c.counts["bwd"] / timed_steps,
             })
@@ -370,7 +388,8 @@ def run_overhead(out_dir: str | None, *, models=MODELS, optimizers=DEFAULT_OPTIM
         + (f"; GPU {meta['cuda_device']}" if meta.get("cuda_device") else ""),
         f"- **torch** {m.get('torch')}, {meta['threads']} thread(s), device {meta['device']}, size {size}",
         f"- **timing**: {warmup} warm-up steps each, then {repeats} interleaved blocks of {block_steps} steps "
-        "per optimizer (order rotated), median time per step; ratio = median / Adam's median",
+        "per optimizer (order rotated), median time per step; ratio: median over repetitions of "
+        "(time per step / Adam's in the same repetition)",
         f"- **load average** at start / end: {meta['loadavg_start']} / {meta['loadavg_end']}",
         "",
         "",
