@@ -63,21 +63,23 @@ def test_overhead_suite_tiny_writes_its_files(tmp_path, capsys):
     assert "| mlp |" in printed and "| gpt |" in printed
     data = json.loads((tmp_path / "overhead.json").read_text())
     rows = {(r["model"], r["optimizer"]): r for r in data["rows"]}
-    assert set(rows) == {(m, o) for m in ("mlp", "gpt") for o in ("adam", "alsals", "alsals-no-amortisation")}
+    names = ("adam", "adam-foreach", "alsals", "alsals-no-amortisation")
+    assert set(rows) == {(m, o) for m in ("mlp", "gpt") for o in names}
     for (model, name), r in rows.items():
         assert r["error"] is None, r["error"]
         assert r["ms_per_step"] > 0 and math.isfinite(r["ratio_to_adam"])
+        assert math.isfinite(r["ratio_to_adam_foreach"])
         assert r["bwd_per_step"] == 1.0
         assert r["peak_step_extra_bytes"] is None  # not measured on CPU
     for model in ("mlp", "gpt"):
         adam, als = rows[(model, "adam")], rows[(model, "alsals")]
-        assert adam["ratio_to_adam"] == 1.0
+        assert adam["ratio_to_adam"] == 1.0 and rows[(model, "adam-foreach")]["ratio_to_adam_foreach"] == 1.0
         assert adam["fwd_per_step"] == 1.0
         assert als["fwd_per_step"] >= 2.0
         assert 8.0 <= adam["state_bytes_per_param"] < 8.5
         assert als["state_bytes"] > 0
     md = (tmp_path / "overhead.md").read_text()
-    assert "ms/step" in md and "bytes/param" in md and "not measured on CPU" in md
+    assert "ms/step" in md and "bytes/param" in md and "not measured on CPU" in md and "vs Adam (foreach)" in md
 
 
 def test_overhead_rejects_unknown_models_and_missing_cuda(tmp_path, capsys):
