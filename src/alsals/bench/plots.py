@@ -34,10 +34,10 @@ def _mean_curves(runs: Sequence[dict]) -> dict | None:
     return out
 
 
-def _style(i: int, label: str) -> dict:
-    if label.startswith("alsals"):
+def _style(i: int, key: str) -> dict:
+    if key.startswith("alsals"):
         return {"linewidth": 2.2, "zorder": 5}
-    if label.startswith("adam"):
+    if key == ADAM_BEST:  # the tuned-Adam reference (not the authors' AdamSLS, also "adam…")
         return {"linewidth": 1.8, "linestyle": "--", "color": "black", "zorder": 4}
     return {"linewidth": 1.1, "alpha": 0.9}
 
