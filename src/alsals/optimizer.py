@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -70,6 +70,19 @@ SLOPE_METHODS = ("exact", "finite_difference")
 GROWTH_PER = ("step", "search")
 
 _Bucket = Tuple[List[Tensor], List[Tensor], bool]  # (params, directions, foreach): one device, dtype, group
+
+
+class _MomentBucket(NamedTuple):
+    """Parameters of one group that share device, dtype, step and slope weight, with their state."""
+
+    device: torch.device
+    params: List[Tensor]
+    grads: List[Tensor]
+    exp_avgs: List[Optional[Tensor]]
+    exp_avg_sqs: List[Optional[Tensor]]
+    hyper: Dict[str, Any]  # kind, betas, eps, step: the keywords of the direction kernels
+    foreach: bool
+    weight: float
 
 
 def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -216,6 +229,7 @@ class ALSALS(Optimizer):
             ("direction", direction, kernels.DIRECTION_KINDS),
             ("slope", slope, SLOPE_METHODS),
             ("growth_per", growth_per, GROWTH_PER),
+            ("anneal", anneal, ANNEAL_SHAPES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
@@ -223,8 +237,6 @@ class ALSALS(Optimizer):
             isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1
         ):
             raise ValueError(f"total_steps must be a positive int (the run's length in steps) or None, got {total_steps!r}")
-        if anneal not in ANNEAL_SHAPES:
-            raise ValueError(f"anneal must be one of {', '.join(map(repr, ANNEAL_SHAPES))}; got {anneal!r}")
         _check_range("anneal_fraction", anneal_fraction, 0.0, 1.0, True, False)
         for name, flag in (
             ("ascent_handling", ascent_handling),
@@ -409,78 +421,66 @@ class ALSALS(Optimizer):
         ]
         return (totals[0] if len(totals) == 1 else torch.stack(totals).sum()) * 0.0
 
-    def _prepare_directions(
-        self, apply: Optional[Tuple[float, float]] = None
-    ) -> Tuple[List[Tuple[Dict[str, Any], List[_Bucket]]], Tensor]:
-        """Update the moments of every parameter with a gradient and form the direction.
-
-        Returns per group its buckets of (params, directions), and the slope ``D = gᵀd`` as a 0-dim
-        float64 tensor (not read back to the host here).
-
-        With ``apply = (η, a)`` (an amortised step: no search) the step is taken at once instead:
-        ``w ← w − lr·a·η·(d + λ·w)`` with ``d`` never stored (as Adam's kernel does); nothing useful
-        is returned then (no buckets, no slope).
-        """
+    def _moment_buckets(self, group: Dict[str, Any]) -> Iterable[_MomentBucket]:
+        """Count a step for every parameter of ``group`` with a gradient (creating its moments on the
+        first one), then yield them in buckets that share device, dtype, step and slope weight, with
+        what the kernels need. Sharded (DTensor) parameters are yielded as their local shards."""
         kind = self.direction_kind
         sharded = bool(self._slope_weights)
         # With sharded parameters each rank contributes a weighted partial slope and the partial sums
         # are summed across the ranks; a replicated parameter then counts 1/world on every rank.
         replica_weight = 1.0 / self.reducer.world_size if sharded else 1.0
+        beta1, beta2 = group["betas"]
+        buckets: Dict[Tuple[torch.device, torch.dtype, int, float], List[Tensor]] = defaultdict(list)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = 0
+                if kernels.uses_first_moment(kind):
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if kernels.uses_second_moment(kind):
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            weight = self._slope_weights.get(id(p), replica_weight) if sharded else 1.0
+            buckets[(p.device, p.dtype, state["step"], weight)].append(p)
+        for (device, _, step, weight), params in buckets.items():
+            grads = [p.grad for p in params]
+            exp_avgs = [self.state[p].get("exp_avg") for p in params]
+            exp_avg_sqs = [self.state[p].get("exp_avg_sq") for p in params]
+            if sharded:  # DTensors are worked on through their local shards (no collectives)
+                params, grads, exp_avgs, exp_avg_sqs = (
+                    [local_tensor(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
+                )
+            hyper = dict(kind=kind, beta1=beta1, beta2=beta2, eps=group["eps"], step=step)
+            yield _MomentBucket(device, params, grads, exp_avgs, exp_avg_sqs, hyper, self._use_foreach(params), weight)
+
+    def _prepare_directions(self) -> Tuple[List[Tuple[Dict[str, Any], List[_Bucket]]], Tensor]:
+        """Update the moments of every parameter with a gradient and form the direction.
+
+        Returns per group its buckets of (params, directions, foreach), and the slope ``D = gᵀd`` as a
+        0-dim float64 tensor (not read back to the host here).
+        """
         per_group = []
         slopes: List[Tensor] = []
         first_device: Optional[torch.device] = None
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            eps = group["eps"]
-            buckets: Dict[Tuple[torch.device, torch.dtype, int, float], List[Tensor]] = defaultdict(list)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = 0
-                    if kernels.uses_first_moment(kind):
-                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if kernels.uses_second_moment(kind):
-                        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                weight = self._slope_weights.get(id(p), replica_weight) if sharded else 1.0
-                buckets[(p.device, p.dtype, state["step"], weight)].append(p)
             group_buckets: List[_Bucket] = []
-            for (device, _, step, weight), params in buckets.items():
-                first_device = first_device or device
-                grads = [p.grad for p in params]
-                exp_avgs = [self.state[p].get("exp_avg") for p in params]
-                exp_avg_sqs = [self.state[p].get("exp_avg_sq") for p in params]
-                if sharded:  # DTensors are worked on through their local shards (no collectives)
-                    params, grads, exp_avgs, exp_avg_sqs = (
-                        [local_tensor(t) for t in tensors] for tensors in (params, grads, exp_avgs, exp_avg_sqs)
-                    )
-                hyper = dict(kind=kind, beta1=beta1, beta2=beta2, eps=eps, step=step)
-                foreach = self._use_foreach(params)
-                if apply is not None:
-                    step_size, anneal = apply
-                    scale = float(group["lr"]) * anneal * step_size
-                    hyper.update(scale=scale, keep=1.0 - scale * group["weight_decay"])
-                    if foreach:
-                        kernels.apply_step_foreach(params, grads, exp_avgs, exp_avg_sqs, **hyper)
-                    else:
-                        for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-                            kernels.apply_step_reference(p, g, m, v, **hyper)
-                    continue
-                if foreach:
-                    directions = kernels.direction_foreach(grads, exp_avgs, exp_avg_sqs, **hyper)
+            for b in self._moment_buckets(group):
+                first_device = first_device or b.device
+                if b.foreach:
+                    directions = kernels.direction_foreach(b.grads, b.exp_avgs, b.exp_avg_sqs, **b.hyper)
+                    bucket_slopes = [kernels.slope_foreach(b.grads, directions).to(first_device)]
                 else:
                     directions = [
-                        kernels.direction_reference(g, m, v, **hyper) for g, m, v in zip(grads, exp_avgs, exp_avg_sqs)
+                        kernels.direction_reference(g, m, v, **b.hyper)
+                        for g, m, v in zip(b.grads, b.exp_avgs, b.exp_avg_sqs)
                     ]
-                group_buckets.append((params, directions, foreach))
-                if foreach:
-                    bucket_slopes = [kernels.slope_foreach(grads, directions).to(first_device)]
-                else:
-                    bucket_slopes = [kernels.slope_reference(g, d).to(first_device) for g, d in zip(grads, directions)]
-                if weight != 1.0:
-                    bucket_slopes = [s * weight for s in bucket_slopes]
+                    bucket_slopes = [kernels.slope_reference(g, d).to(first_device) for g, d in zip(b.grads, directions)]
+                group_buckets.append((b.params, directions, b.foreach))
+                if b.weight != 1.0:
+                    bucket_slopes = [s * b.weight for s in bucket_slopes]
                 slopes.extend(bucket_slopes)
             per_group.append((group, group_buckets))
         if slopes:
@@ -488,6 +488,21 @@ class ALSALS(Optimizer):
         else:
             slope = torch.zeros((), dtype=torch.float64, device=first_device or torch.device("cpu"))
         return per_group, slope
+
+    def _apply_amortised_step(self, step_size: float, anneal: float) -> None:
+        """A step without a search: update the moments and set ``w ← w − lr·a·η·(d + λ·w)`` at once,
+        with ``d`` never stored (as Adam's kernel does)."""
+        for group in self.param_groups:
+            scale = float(group["lr"]) * anneal * step_size
+            keep = 1.0 - scale * group["weight_decay"]
+            for b in self._moment_buckets(group):
+                if b.foreach:
+                    kernels.apply_step_foreach(
+                        b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, **b.hyper, scale=scale, keep=keep
+                    )
+                else:
+                    for p, g, m, v in zip(b.params, b.grads, b.exp_avgs, b.exp_avg_sqs):
+                        kernels.apply_step_reference(p, g, m, v, **b.hyper, scale=scale, keep=keep)
 
     def _move(self, per_group: List[Tuple[Dict[str, Any], List[_Bucket]]], alpha: float) -> None:
         """``w ← w + alpha·d`` for every parameter with a direction."""
@@ -609,7 +624,7 @@ class ALSALS(Optimizer):
 
         if not searching:
             # Amortised step: the grown step along d, no trial evaluation, d never stored.
-            self._prepare_directions(apply=(grown, scale))
+            self._apply_amortised_step(grown, scale)
             state["steps_until_search"] -= 1
             state["skipped_searches"] += 1
             state["last_status"] = "amortised"

@@ -184,7 +184,7 @@ class AmortisationConfig:
       ``γ`` per step) is weak evidence and only halves the interval; several cuts (the landscape
       changed) bring the next search close. See :func:`next_interval`.
     - ``"doubling"``: the same, but any cut resets the interval to 1. Where the step size drifts
-      down slowly this searches about every 6 steps instead of every 15 (the overhead suite's GPT),
+      down slowly this searches every 6–9 steps instead of every 12–15 (the overhead suite's GPT),
       for the same final losses on the benchmark tasks.
     - ``"salsa"`` (SaLSa's rule, the SaLSa preset): two EMAs of the accepted step size, fast
       (``β = 0.9``) and slow (``β = 0.99``) per search; with ``r = η̄_f/η̄_s`` (inverted below 1),
