@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from accelerate import Accelerator
 from torch import nn
 from torch.nn import functional as F
-
-from accelerate import Accelerator
 
 import alsals
 

@@ -23,11 +23,10 @@ import statistics
 import time
 import warnings
 
+import lightning.pytorch as L
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-import lightning.pytorch as L
 
 import alsals
 from alsals.integrations.lightning import ForwardOnlyTrials, StepSizeLogger

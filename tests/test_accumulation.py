@@ -11,6 +11,7 @@ from torch import nn
 
 import alsals
 from alsals.closure import ClosureEvaluator
+
 from helpers import batches, mlp, regression_data
 
 

@@ -7,6 +7,7 @@ import torch
 
 import alsals
 from alsals.anneal import anneal_factor
+
 from helpers import batches, mlp, regression_data
 
 
@@ -71,7 +72,7 @@ def test_running_past_total_steps_warns_once_and_keeps_training():
 
 @pytest.mark.parametrize(
     "kwargs", [dict(total_steps=0), dict(total_steps=2.5), dict(total_steps=True), dict(anneal="step"),
-               dict(anneal_fraction=0.0), dict(anneal_fraction=1.5), dict(preset="salsa")]
+               dict(anneal_fraction=0.0), dict(anneal_fraction=1.5), dict(preset="adamw")]
 )
 def test_invalid_anneal_and_preset_arguments(kwargs):
     with pytest.raises(ValueError):
@@ -81,8 +82,8 @@ def test_invalid_anneal_and_preset_arguments(kwargs):
 def test_presets_set_the_defaults_and_explicit_arguments_win():
     params = list(mlp().parameters())
     ours = alsals.ALSALS(params)
-    assert (ours.search_config.c, ours.search_config.smoothing, ours.amortisation is not None) == (0.5, 0.9, True)
+    assert (ours.search_config.c, ours.search_config.smoothing, ours.config.amortized) == (0.5, 0.9, True)
     paper = alsals.ALSALS(params, preset="paper")
-    assert (paper.search_config.c, paper.search_config.smoothing, paper.amortisation) == (0.3, 0.99, None)
+    assert (paper.search_config.c, paper.search_config.smoothing, paper.config.amortization) == (0.3, 0.99, None)
     mixed = alsals.ALSALS(params, preset="paper", c=0.4, amortized=True)
-    assert mixed.search_config.c == 0.4 and mixed.amortisation is not None and mixed.search_config.smoothing == 0.99
+    assert mixed.search_config.c == 0.4 and mixed.config.amortized and mixed.search_config.smoothing == 0.99

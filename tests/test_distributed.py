@@ -27,13 +27,15 @@ from torch import nn
 
 import alsals
 from alsals.distributed import is_dtensor
+
 from helpers import mlp
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 
 DIM = 10
 BATCH = 16  # per rank and step
-STEPS = 8
+STEPS = 24  # more than the 10 warm-up searches: the runs take amortized steps
+RESUME_AT = 14  # after the warm-up: the resumed part has amortized steps
 JOIN_TIMEOUT = 150.0
 
 needs_gloo = pytest.mark.skipif(
@@ -125,7 +127,7 @@ def make_optimizer(kind, params, **kwargs):
     if kind == "salsa":
         return alsals.SaLSa(params, **kwargs)
     if kind == "sls":
-        return alsals.SLS(params, n_batches_per_epoch=4, **kwargs)
+        return alsals.SLS(params, n_batches_per_epoch=STEPS, **kwargs)
     raise ValueError(kind)
 
 
@@ -261,10 +263,10 @@ def worker_resume(rank, world, out_dir):
     opt = make_optimizer("alsals", model.parameters(), amortized=True)
     full = train(model, opt, batches)
     full_params = plain_params(model.module)
-    # Interrupted after 4 steps: rank 0 saves, every rank loads into fresh objects.
+    # Interrupted after RESUME_AT steps: rank 0 saves, every rank loads into fresh objects.
     model = ddp(mlp(dim=DIM))
     opt = make_optimizer("alsals", model.parameters(), amortized=True)
-    first = train(model, opt, batches[:4])
+    first = train(model, opt, batches[:RESUME_AT])
     path = os.path.join(out_dir, "checkpoint.pt")
     if rank == 0:
         torch.save({"model": model.module.state_dict(), "opt": opt.state_dict()}, path)
@@ -275,7 +277,7 @@ def worker_resume(rank, world, out_dir):
     model = ddp(fresh)
     opt = make_optimizer("alsals", model.parameters(), amortized=True)
     opt.load_state_dict(checkpoint["opt"])
-    second = train(model, opt, batches[4:])
+    second = train(model, opt, batches[RESUME_AT:])
     return {
         "full": full,
         "full_params": full_params,
@@ -367,14 +369,14 @@ def worker_sharded(rank, world, out_dir):
     x, y = batches[0]
     weight = model[0].weight
     before = [p.to_local().clone() for p in model.parameters()]
-    found_inf = opt._found_inf
+    gradient_check = opt._gradient_check
 
-    def found_inf_after_poisoning(params, grad_scaler):
+    def gradient_check_after_poisoning(buckets):
         if rank == 1:
             weight.grad.to_local()[0, 0] = float("inf")  # after the reduce-scatter: this shard only
-        return found_inf(params, grad_scaler)
+        return gradient_check(buckets)
 
-    opt._found_inf = found_inf_after_poisoning
+    opt._gradient_check = gradient_check_after_poisoning
     opt.step(lambda: mse(model, x, y))
     results["poisoned"] = {
         "skipped": opt.counters["skipped_steps"],
@@ -413,6 +415,56 @@ def worker_construction_errors(rank, world, out_dir):
     return messages
 
 
+def worker_fault(rank, world, out_dir):
+    """Every rank's closure raises in a trial (an out-of-memory error, say): every rank is left at its
+    state before the step, and the retried step continues as if the failure had not happened."""
+    batches = rank_batches(rank)
+    runs = {}
+    for fail in (False, True):
+        model = ddp(mlp(dim=DIM))
+        opt = make_optimizer("alsals", model.parameters())
+        train(model, opt, batches[:3])
+        record = {}
+        if fail:
+            before = (plain_params(model.module), {k: {n: t.clone() for n, t in v.items() if torch.is_tensor(t)}
+                                                   for k, v in opt.state_dict()["state"].items()}, opt.search_state)
+            calls = [0]
+            x, y = batches[3]
+
+            def closure():
+                calls[0] += 1
+                if calls[0] == 2:
+                    raise MemoryError("simulated out-of-memory in a trial")
+                return mse(model, x, y)
+
+            try:
+                opt.step(closure)
+                record["raised"] = False
+            except MemoryError:
+                record["raised"] = True
+            params, state, search = before
+            record["params_restored"] = all(torch.equal(a, b) for a, b in zip(params, plain_params(model.module)))
+            record["state_restored"] = all(
+                torch.equal(t, opt.state_dict()["state"][k][n]) for k, v in state.items() for n, t in v.items()
+            )
+            record["search_restored"] = search == opt.search_state
+        record["rest"] = train(model, opt, batches[3:])
+        record["params"] = plain_params(model.module)
+        runs["failed" if fail else "clean"] = record
+    return runs
+
+
+def worker_zero(rank, world, out_dir):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    model = mlp(dim=DIM)
+    try:
+        ZeroRedundancyOptimizer(model.parameters(), optimizer_class=alsals.ALSALS)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def worker_ddp_scenarios(rank, world, out_dir):
     """Every DDP scenario in one job (each job start costs seconds of imports on a small machine)."""
     return {
@@ -421,6 +473,8 @@ def worker_ddp_scenarios(rank, world, out_dir):
         "nonfinite": worker_nonfinite(rank, world, out_dir),
         "resume": worker_resume(rank, world, out_dir),
         "accumulation": worker_accumulation(rank, world, out_dir),
+        "fault": worker_fault(rank, world, out_dir),
+        "zero": worker_zero(rank, world, out_dir),
     }
 
 
@@ -461,7 +515,7 @@ def _nan_equal(a, b):
     )
 
 
-def assert_matches(record, reference, rtol=1e-4, atol=1e-5):
+def assert_matches(record, reference, rtol=1e-3, atol=5e-5):  # 24 steps of rounding differences
     assert record["trials"] == reference["trials"]
     assert record["step_sizes"] == pytest.approx(reference["step_sizes"], rel=1e-6)
     assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5)
@@ -516,7 +570,8 @@ def test_ranks_take_identical_steps_and_match_one_process_on_the_concatenated_ba
     assert len(set(alsals_record["step_sizes"])) > 1
     assert alsals_record["counters"]["backtracks"] > 0
     if "salsa" in kinds:
-        assert results[0]["salsa"]["counters"]["searches"] == STEPS  # the first 10 steps always search
+        for kind in kinds:  # past the warm-up searches, amortized steps happened and the ranks agreed on them
+            assert results[0][kind]["counters"]["skipped_searches"] > 0, kind
 
 
 @needs_gloo
@@ -579,6 +634,27 @@ def test_gradient_accumulation_with_ddp_matches_the_whole_batch(ddp_job):
     # counting comm hook goes through torch.distributed.all_reduce)
     assert micro["packs"] == micro["evaluations"]
     assert [c - e for c, e in zip(micro["collectives"], micro["evaluations"])] == [1] * STEPS
+
+
+@needs_gloo
+def test_an_exception_in_a_trial_restores_every_rank_and_the_retry_is_unaffected(ddp_job):
+    results = scenario(ddp_job, "fault")
+    for result in results:
+        failed, clean = result["failed"], result["clean"]
+        assert failed["raised"] and failed["params_restored"] and failed["state_restored"] and failed["search_restored"]
+        assert failed["rest"]["step_sizes"] == clean["rest"]["step_sizes"]
+        for a, b in zip(failed["params"], clean["params"]):
+            assert torch.equal(a, b)
+    for a, b in zip(results[0]["failed"]["params"], results[1]["failed"]["params"]):
+        assert torch.equal(a, b)
+
+
+@needs_gloo
+def test_zero_redundancy_optimizer_is_refused_with_what_to_use_instead(ddp_job):
+    for message in scenario(ddp_job, "zero"):
+        assert message is not None, "ZeroRedundancyOptimizer(optimizer_class=ALSALS) was accepted"
+        assert "ZeroRedundancyOptimizer" in message
+        assert "DistributedDataParallel" in message and "fully_shard" in message
 
 
 @needs_gloo

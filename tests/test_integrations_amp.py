@@ -10,11 +10,11 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 import alsals
 from alsals.amp import prepare_scaler
+
 from helpers import batches, mlp, regression_data
 
 torch.set_num_threads(1)

@@ -46,7 +46,8 @@ class CountingSequences(torch.utils.data.Dataset):
 
 def tiny_gpt2(seed=0):
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0))
+    config = GPT2Config(vocab_size=256, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config)
 
 
 def training_args(tmp_path, **overrides):
@@ -214,3 +215,79 @@ def test_accelerate_example_runs_on_cpu():
     lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     assert float(lines["final_loss"]) < 0.5 * float(lines["first_loss"])
     assert int(lines["steps"]) == 30 and 10 <= int(lines["searches"]) <= 30
+
+
+class EMARegressor(nn.Module):
+    """A regressor with an EMA codebook buffer updated in forward (training mode), not a BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        self.register_buffer("codebook", torch.zeros(16))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x, labels=None):
+        hidden = self.net[1](self.net[0](x))
+        if self.training:
+            self.codebook.mul_(0.5).add_(hidden.detach().mean(0), alpha=0.5)
+            self.updates.add_(1)
+        out = self.net[2](hidden + self.codebook).squeeze(-1)
+        return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+
+class RegressionData(torch.utils.data.Dataset):
+    def __init__(self, n=128):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=gen)
+        self.y = self.x.sum(1)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+def test_trials_leave_every_buffer_as_the_first_evaluation_left_it(tmp_path):
+    model = EMARegressor()
+    twin = EMARegressor()
+    args = training_args(tmp_path, max_steps=6, lr_scheduler_type="constant", remove_unused_columns=False)
+    trainer = ALSALSTrainer(model=model, args=args, train_dataset=RegressionData(),
+                            alsals_kwargs={"initial_step_size": 1.0, "amortized": False})
+    seen = []
+    original = trainer.training_step
+
+    def recording_step(model_, inputs, num_items_in_batch=None):
+        twin.load_state_dict(model.state_dict())  # weights and buffers before the step
+        twin.train()
+        twin(**inputs)  # what one forward leaves in the buffers
+        seen.append({k: v.clone() for k, v in twin.named_buffers()})
+        return original(model_, inputs, num_items_in_batch)
+
+    trainer.training_step = recording_step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "trial changed a buffer" warning
+        trainer.train()
+    counters = trainer.alsals_optimizer.counters
+    assert counters["forward_evaluations"] > 2 * counters["steps"]  # trials ran
+    assert int(model.updates) == 6  # one update per step, none per trial
+    for name, value in model.named_buffers():
+        assert torch.equal(value, seen[-1][name]), name
+
+
+def test_logged_values_after_resume_from_checkpoint_average_the_same_window(tmp_path):
+    def run(output_dir, max_steps, resume=None):
+        args = training_args(output_dir, max_steps=max_steps, logging_steps=4, save_strategy="steps", save_steps=6,
+                             lr_scheduler_type="constant")
+        trainer = ALSALSTrainer(model=tiny_gpt2(), args=args, train_dataset=CountingSequences())
+        trainer.train(resume_from_checkpoint=resume)
+        return {entry["step"]: entry for entry in train_logs(trainer)}
+
+    full = run(tmp_path / "full", 12)
+    run(tmp_path / "first", 6)  # saves checkpoint-6 (after the log at step 4)
+    resumed = run(tmp_path / "first", 12, resume=str(tmp_path / "first" / "checkpoint-6"))
+    assert {8, 12} <= set(resumed)  # (step 4 comes from the checkpoint's log history)
+    for step in (8, 12):  # the window of step 8 is steps 5..8, as in the uninterrupted run
+        for key in ("alsals_forward_evaluations", "alsals_backtracks", "alsals_step_size"):
+            assert resumed[step][key] == pytest.approx(full[step][key], rel=1e-6), (step, key)

@@ -10,6 +10,7 @@ from torch import nn
 
 import alsals
 from alsals.closure import ClosureEvaluator
+
 from helpers import SmallCNN, batches, image_data, mlp, regression_data
 
 
@@ -590,10 +591,10 @@ def test_presets_use_their_rules():
     model = mlp()
     sls = alsals.SLS(model.parameters(), n_batches_per_epoch=4)
     assert sls.search_config.growth == pytest.approx(2 ** 0.25)
-    assert sls.direction_kind == "gradient" and sls.search_config.smoothing == 0.0
+    assert sls.config.direction == "gradient" and sls.search_config.smoothing == 0.0
     salsa = alsals.SaLSa(model.parameters())
-    assert salsa.direction_kind == "preconditioned_gradient" and salsa.amortisation is not None
-    assert alsals.SaLSa(model.parameters(), amortized=False).amortisation is None
+    assert salsa.config.direction == "preconditioned_gradient" and salsa.config.amortized
+    assert not alsals.SaLSa(model.parameters(), amortized=False).config.amortized
     with pytest.raises(ValueError):
         alsals.SLS(model.parameters(), n_batches_per_epoch=0)
 
@@ -627,8 +628,8 @@ def test_interval_grows_while_searches_confirm_the_step_size(rule):
     # doubles to its maximum (20), and then the optimizer searches every 20 steps.
     w = nn.Parameter(torch.ones(4))
     opt = alsals.ALSALS([w], initial_step_size=1e-3, search_interval_rule=rule)
-    assert opt.amortisation.rule == rule
-    assert opt.amortisation.max_interval == 20
+    assert opt.config.search_interval_rule == rule
+    assert opt.config.max_search_interval == 20
     for _ in range(100):
         opt.step(lambda: 1e-3 * (w**2).sum())
     counters = opt.counters
@@ -658,7 +659,7 @@ def test_doubling_interval_drops_to_one_after_a_backtrack():
 def test_halving_interval_rule_halves_the_interval_per_cut_of_the_step_size():
     w = nn.Parameter(torch.ones(4))
     opt = alsals.ALSALS([w], initial_step_size=1e-3)
-    assert opt.amortisation.rule == "halving"  # the default
+    assert opt.config.search_interval_rule == "halving"  # the default
     for _ in range(30):
         opt.step(lambda: 1e-3 * (w**2).sum())
     assert opt.search_state["search_interval"] == 20
@@ -682,6 +683,6 @@ def test_halving_interval_rule_halves_the_interval_per_cut_of_the_step_size():
 
 
 def test_salsa_preset_keeps_salsas_interval_rule():
-    assert alsals.SaLSa(mlp().parameters()).amortisation.rule == "salsa"
+    assert alsals.SaLSa(mlp().parameters()).config.search_interval_rule == "salsa"
     with pytest.raises(ValueError):
         alsals.ALSALS(mlp().parameters(), search_interval_rule="tripling")

@@ -122,7 +122,9 @@ decrease_profiles = st.one_of(
     min_exp=st.floats(-12, -6),
     max_backtracks=st.integers(0, 200),
 )
-def test_accepted_steps_satisfy_armijo_or_sit_at_the_floor(profile, eta_exp, slope, s, h, c, beta_s, beta_b, min_exp, max_backtracks):
+def test_accepted_steps_satisfy_armijo_or_sit_at_the_floor(
+    profile, eta_exp, slope, s, h, c, beta_s, beta_b, min_exp, max_backtracks
+):
     config = SearchConfig(
         c=c, smoothing=beta_s, backtrack=beta_b, min_step_size=10.0**min_exp, max_step_size=10.0, max_backtracks=max_backtracks
     )
@@ -168,7 +170,7 @@ def test_optimizer_steps_respect_the_rule_and_bounds(seed, scale, c, initial, am
         model.parameters(), c=c, initial_step_size=initial, min_step_size=1e-6, max_step_size=2.0,
         max_backtracks=20, amortized=amortized,
     )
-    for step in range(15):
+    for _ in range(15):
         idx = torch.randint(0, 64, (16,), generator=gen)
         opt.step(lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean())
         state = opt.search_state
@@ -199,3 +201,65 @@ def test_doubling_rule_resets_and_halving_rule_halves_per_cut():
     assert [next_interval(16, k, True, 20, halve=True) for k in (1, 2, 3, 4, 5, 100)] == [8, 4, 2, 1, 1, 1]
     assert next_interval(20, 1, True, 20, halve=True) == 10
     assert next_interval(1, 1, True, 20, halve=True) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The carried state: plan and advance, as pure functions
+# ---------------------------------------------------------------------------------------------
+
+from alsals.search import (  # noqa: E402
+    AmortizationConfig,
+    Outcome,
+    SearchResult,
+    SearchState,
+    StepKind,
+    advance,
+    plan,
+)
+
+
+def searched(state, config, amortization, step_size, backtracks=0, status=SearchStatus.ACCEPTED, slope=1.0):
+    p = plan(state, config, amortization)
+    result = SearchResult(step_size, 0.5, status, backtracks + 1, backtracks, 0)
+    return advance(state, p, Outcome(StepKind.SEARCHED, 1.0, backtracks + 2, 1, anneal=1.0, slope=slope, result=result),
+                   config, amortization)
+
+
+def test_plan_needs_only_the_carried_state():
+    config, amortization = SearchConfig(), AmortizationConfig()
+    state = SearchState.initial(config)
+    first = plan(state, config, amortization)
+    assert first.search and first.step == 1 and first.step_size == config.grow(config.initial_step_size)
+    for _ in range(10):  # the warm-up searches, each accepting its first trial: the interval doubles
+        state = searched(state, config, amortization, state.step_size)
+    assert state.search_interval == 20 and state.steps_until_search == 19
+    assert not plan(state, config, amortization).search
+
+
+def test_advance_after_an_amortized_step_keeps_the_grown_step_size():
+    config, amortization = SearchConfig(), AmortizationConfig()
+    state = SearchState(step_size=0.1, searches=10, steps_until_search=3, steps=10)
+    p = plan(state, config, amortization)
+    after = advance(state, p, Outcome(StepKind.AMORTIZED, 0.7, 1, 1, anneal=1.0), config, amortization)
+    assert after.step_size == p.step_size and after.steps_until_search == 2 and after.skipped_searches == 1
+    assert after.steps == 11 and after.last_status == "amortized" and after.last_loss == 0.7
+    per_search = SearchConfig(growth_per="search")
+    assert advance(state, p, Outcome(StepKind.AMORTIZED, 0.7, 1, 1), per_search, amortization).step_size == 0.1
+
+
+def test_advance_after_a_skipped_step_counts_it_only():
+    config = SearchConfig()
+    state = SearchState(step_size=0.2, smoothed_slope=0.3, steps=4)
+    p = plan(state, config, None)
+    after = advance(state, p, Outcome(StepKind.SKIPPED_NONFINITE, float("nan"), 1, 1), config, None)
+    assert (after.step_size, after.smoothed_slope, after.skipped_steps, after.steps) == (0.2, 0.3, 1, 5)
+    no_grad = advance(state, p, Outcome(StepKind.NO_GRADIENTS, 1.0, 1, 0), config, None)
+    assert no_grad.skipped_steps == 0 and no_grad.last_status == "no_gradients"
+
+
+def test_state_round_trips_through_a_plain_dict_and_reads_version_0_1_0():
+    state = SearchState(step_size=0.3, searches=4, last_status="accepted")
+    assert SearchState.from_dict(state.to_dict(), SearchConfig()) == state
+    old = dict(state.to_dict(), last_status="amortised")
+    assert SearchState.from_dict(old, SearchConfig()).last_status == "amortized"
+    assert SearchState.from_dict(None, SearchConfig(initial_step_size=0.2)).step_size == 0.2

@@ -3,7 +3,8 @@
 The replay below uses Python floats only (no torch): a tiny least-squares model on a fresh
 deterministic mini-batch at every step, with curvature large enough that the search backtracks and
 momentum that makes the smoothed slope turn negative (ascent handling). ALSALS runs the same problem
-in float64 and must accept the same step sizes and reach the same parameters for 50 steps.
+in float64 and must accept the same step sizes and reach the same parameters for 50 steps, with the
+paper's settings (``preset="paper"``) and with ours (``ALSALS()``: the amortized search too).
 """
 
 import math
@@ -44,10 +45,12 @@ def flipping_batches(seed: int = 0):
 
 
 CASES = {
-    # paper defaults; exercises backtracking
-    "defaults": (curved_batches, {}),
+    # paper defaults (preset="paper"); exercises backtracking
+    "paper": (curved_batches, {}, "paper"),
     # faster slope smoothing and heavier momentum; exercises ascent handling (s <= 0) too
-    "ascent": (flipping_batches, {"beta_s": 0.5, "beta1": 0.97}),
+    "paper-ascent": (flipping_batches, {"beta_s": 0.5, "beta1": 0.97}, "paper"),
+    # our defaults (ALSALS()): c = 0.5, beta_s = 0.9, the amortized search with the halving rule
+    "defaults": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True}, None),
 }
 
 
@@ -63,13 +66,16 @@ def loss_and_grad(w, batch):
     return loss, grad
 
 
-def replay(batches, w0, *, eta0=0.1, c=0.3, beta1=0.9, beta2=0.999, eps=1e-8, beta_s=0.99, gamma=1 / 0.999, beta_b=0.9):
-    """The ALGORITHM.md steps, literally."""
+def replay(batches, w0, *, eta0=0.1, c=0.3, beta1=0.9, beta2=0.999, eps=1e-8, beta_s=0.99, gamma=1 / 0.999,
+           beta_b=0.9, amortized=False, warmup=10, max_interval=20):
+    """The ALGORITHM.md steps, literally (and docs/algorithm.md's amortized search, halving rule)."""
     w = list(w0)
     m, v = [0.0] * DIM, [0.0] * DIM
     eta, s, h = eta0, 0.0, 0.0
     etas, ascents, backtracks = [], 0, 0
+    searches, interval, until_search, skipped = 0, 1, 0, 0
     for t, batch in enumerate(batches, start=1):
+        search = not amortized or searches < warmup or until_search <= 0
         loss0, g = loss_and_grad(w, batch)  # 1.
         m = [beta1 * mi + (1 - beta1) * gi for mi, gi in zip(m, g)]  # 2.
         v = [beta2 * vi + (1 - beta2) * gi * gi for vi, gi in zip(v, g)]
@@ -78,9 +84,16 @@ def replay(batches, w0, *, eta0=0.1, c=0.3, beta1=0.9, beta2=0.999, eps=1e-8, be
         d = [mh / (math.sqrt(vh) + eps) for mh, vh in zip(m_hat, v_hat)]
         D = sum(gi * di for gi, di in zip(g, d))
         eta = eta * gamma  # 3.
+        if not search:  # amortized: the grown step along d, no trial
+            w = [wi - eta * di for wi, di in zip(w, d)]
+            until_search -= 1
+            skipped += 1
+            etas.append(eta)
+            continue
         s = beta_s * s + (1 - beta_s) * D  # 4.
         c_eff = c if s > 0 else 1 / c  # 5.
         ascents += s <= 0
+        cuts = 0
         for _ in range(101):  # 6.
             trial = [wi - eta * di for wi, di in zip(w, d)]
             loss_trial, _ = loss_and_grad(trial, batch)
@@ -89,28 +102,34 @@ def replay(batches, w0, *, eta0=0.1, c=0.3, beta1=0.9, beta2=0.999, eps=1e-8, be
                 break
             eta *= beta_b
             backtracks += 1
+            cuts += 1
         h = h_new  # 7.
         w = trial
         etas.append(eta)
-    return etas, w, ascents, backtracks
+        searches += 1
+        interval = min(2 * interval, max_interval) if cuts == 0 else max(1, interval >> cuts)
+        until_search = interval - 1
+    return etas, w, ascents, backtracks, skipped
 
 
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_alsals_matches_plain_python_replay(case, foreach):
-    make, hyper = CASES[case]
+    make, hyper, preset = CASES[case]
     batches = make()
     w0 = [0.0, 0.0, 0.0]
-    expected_etas, expected_w, ascents, backtracks = replay(batches, w0, **hyper)
+    expected_etas, expected_w, ascents, backtracks, skipped = replay(batches, w0, **hyper)
     # The problem exercises the interesting branches, so the comparison means something.
     assert backtracks >= 3
-    if case == "ascent":
+    if case.endswith("ascent"):
         assert ascents >= 3
+    if hyper.get("amortized"):
+        assert skipped >= 5
 
     w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
     opt = alsals.ALSALS(
         [w],
-        preset="paper",
+        preset=preset,
         betas=(hyper.get("beta1", 0.9), 0.999),
         slope_smoothing=hyper.get("beta_s", 0.99),
         foreach=foreach,
@@ -124,3 +143,4 @@ def test_alsals_matches_plain_python_replay(case, foreach):
     assert etas == pytest.approx(expected_etas, rel=1e-9, abs=0)
     assert w.detach().tolist() == pytest.approx(expected_w, rel=1e-9, abs=1e-12)
     assert opt.counters["backtracks"] == backtracks
+    assert opt.counters["skipped_searches"] == skipped

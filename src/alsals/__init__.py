@@ -5,11 +5,22 @@ along Adam's momentum direction (Kenneweg, Kenneweg & Hammer, arXiv 2403.18519).
 ``alsals.SaLSa`` are its relatives as presets of the same engine.
 """
 
+from ._version import __version__
 from .accumulation import micro_batch_closure
+from .config import PRESETS, ALSALSConfig
 from .optimizer import ALSALS
 from .presets import SLS, SaLSa
-from .search import SearchConfig, SearchStatus
+from .search import SearchConfig, SearchState, SearchStatus
 
-__version__ = "0.1.0"
-
-__all__ = ["ALSALS", "SLS", "SaLSa", "SearchConfig", "SearchStatus", "micro_batch_closure", "__version__"]
+__all__ = [
+    "ALSALS",
+    "ALSALSConfig",
+    "PRESETS",
+    "SLS",
+    "SaLSa",
+    "SearchConfig",
+    "SearchState",
+    "SearchStatus",
+    "micro_batch_closure",
+    "__version__",
+]

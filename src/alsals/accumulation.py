@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -28,17 +28,17 @@ def _sync_context(model: nn.Module, synchronise: bool) -> contextlib.AbstractCon
     """A context in which backward synchronises gradients only when ``synchronise`` is true."""
     if synchronise:
         return contextlib.nullcontext()
-    no_sync = getattr(model, "no_sync", None)  # DDP and FSDP1
+    no_sync: Any = getattr(model, "no_sync", None)  # DDP and FSDP1
     if callable(no_sync):
-        return no_sync()
-    set_sync = getattr(model, "set_requires_gradient_sync", None)  # FSDP2
+        return cast(contextlib.AbstractContextManager, no_sync())
+    set_sync: Any = getattr(model, "set_requires_gradient_sync", None)  # FSDP2
     if callable(set_sync):
         return _fsdp2_no_sync(model)
     return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def _fsdp2_no_sync(model: nn.Module):
+def _fsdp2_no_sync(model: Any) -> Iterator[None]:
     model.set_requires_gradient_sync(False)
     try:
         yield
@@ -90,28 +90,30 @@ def micro_batch_closure(
     if count == 0:
         raise ValueError("micro_batch_closure needs at least one micro-batch")
     if weights is None:
-        scale = [1.0 / count] * count
+        loss_weights = [1.0 / count] * count
     else:
-        scale = [float(w) for w in weights]
-        if len(scale) != count:
-            raise ValueError(f"weights has {len(scale)} entries for {count} micro-batches")
-        if not all(math.isfinite(w) and w >= 0.0 for w in scale):
+        loss_weights = [float(w) for w in weights]
+        if len(loss_weights) != count:
+            raise ValueError(f"weights has {len(loss_weights)} entries for {count} micro-batches")
+        if not all(math.isfinite(w) and w >= 0.0 for w in loss_weights):
             raise ValueError(f"weights must be finite and non-negative, got {list(weights)!r}")
 
     def closure() -> Tensor:
         total: Optional[Tensor] = None
         if not torch.is_grad_enabled():
-            for w, batch in zip(scale, batches):
+            for w, batch in zip(loss_weights, batches):
                 term = loss_fn(batch) * w
                 total = term if total is None else total + term
+            assert total is not None
             return total
         model.zero_grad(set_to_none=True)
-        for i, (w, batch) in enumerate(zip(scale, batches)):
+        for i, (w, batch) in enumerate(zip(loss_weights, batches)):
             with _sync_context(model, synchronise=not no_sync or i == count - 1):
                 term = loss_fn(batch) * w
                 (term if grad_scaler is None else grad_scaler.scale(term)).backward()
             term = term.detach()
             total = term if total is None else total + term
+        assert total is not None
         return total
 
     closure.forward_only_trials = True  # type: ignore[attr-defined]

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Iterable, List, Optional
+import warnings
+from typing import Any, Dict, Iterable, List, Optional, cast
 
 import torch
 from torch import Tensor
@@ -57,7 +58,7 @@ def local_tensor(tensor: Optional[Tensor]) -> Optional[Tensor]:
     of it update the ``DTensor``.
     """
     if is_dtensor(tensor):
-        return tensor.to_local()
+        return cast(Any, tensor).to_local()
     return tensor
 
 
@@ -100,6 +101,28 @@ class Reducer:
             )
         self.process_group = process_group
         self.enabled = enabled
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "Reducer":
+        # A process group is a handle of this process: a deep copy of an optimizer reduces over the
+        # same group.
+        copy = Reducer.__new__(Reducer)
+        copy.process_group, copy.enabled = self.process_group, self.enabled
+        return copy
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # A process group cannot be pickled: an unpickled optimizer reduces over the default group.
+        if self.process_group is not None:
+            warnings.warn(
+                "Pickling an alsals optimizer drops its process_group (a process group cannot be pickled): "
+                "the unpickled optimizer reduces over the default process group.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return {"process_group": None, "enabled": self.enabled}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.process_group = state.get("process_group")
+        self.enabled = state.get("enabled")
 
     @property
     def world_size(self) -> int:
@@ -161,16 +184,17 @@ class Reducer:
                 "the slope is a sum of per-shard partial sums and must be reduced across the ranks. "
                 "Leave distributed at its default (None)."
             )
-        mesh = param.device_mesh
+        dtensor: Any = param
+        mesh = dtensor.device_mesh
         replication = 1
-        for dim, placement in enumerate(param.placements):
+        for dim, placement in enumerate(dtensor.placements):
             if placement.is_replicate():
                 replication *= mesh.size(dim)
             elif not (placement.is_shard() or type(placement).__name__ == "_StridedShard"):
                 raise ValueError(
                     f"{optimizer_name} supports DTensor parameters with Shard and Replicate placements "
                     f"(FSDP2, HSDP); got a parameter of shape {tuple(param.shape)} with placements "
-                    f"{tuple(param.placements)}. Redistribute it (e.g. to Shard(0)) first."
+                    f"{tuple(dtensor.placements)}. Redistribute it (e.g. to Shard(0)) first."
                 )
         mesh_ranks = sorted(int(r) for r in mesh.mesh.flatten().tolist())
         group_ranks = sorted(self.group_ranks())
@@ -189,8 +213,8 @@ def parameter_checksum(params: Iterable[Tensor]) -> Tensor:
     """A 0-dim float64 sum of the local values of ``params`` (bitwise equal for equal parameters)."""
     total = torch.zeros((), dtype=torch.float64)
     for p in params:
-        p = local_tensor(p)
-        total += p.detach().double().sum().cpu()
+        shard = cast(Tensor, local_tensor(p))
+        total += shard.detach().double().sum().cpu()
     return total
 
 
@@ -221,7 +245,7 @@ def check_consistency(optimizer: Any, process_group: Optional[Any] = None, param
     world = torch.distributed.get_world_size(group)
     if world == 1:
         return
-    state = optimizer.param_groups[0]["search"]
+    state = optimizer.search_state
     params = [p for g in optimizer.param_groups for p in g["params"]]
     if parameters is None:
         parameters = not any(is_dtensor(p) for p in params)

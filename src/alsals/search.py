@@ -15,39 +15,79 @@ With momentum the direction can point uphill (``s ≤ 0``); the classical condit
 solution, so ALSALS swaps ``c`` for ``1/c`` and the right-hand side bounds how much the smoothed
 loss may *increase* (Kenneweg et al., 2024). With ``β_s = 0`` this is the classical Armijo rule of
 SLS (Vaswani et al., 2019).
+
+What the search carries from one optimizer step to the next is one small value, :class:`SearchState`;
+two pure functions decide a step and fold its result back (``docs/algorithm.md``, "State"):
+
+- :func:`plan` (before the closure runs): search or not, and from which step size. It reads only the
+  carried state, never the current loss, so every rank of a distributed job plans alike and an
+  amortized step can be decided without a host synchronisation;
+- :func:`advance` (after the step): the next state from the :class:`Outcome` the optimizer reports
+  (growth, the smoothed slope and decrease, the amortization rules and the counters).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from enum import Enum
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from ._validation import check_bool, check_choice, check_int, check_range
+
+#: when the carried step size grows: at every step, or only when a search starts
+GROWTH_PER = ("step", "search")
+#: how the interval between amortized searches adapts
+INTERVAL_RULES = ("halving", "doubling", "salsa")
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Hyper-parameters of the search (shared by every parameter group).
+    """Hyper-parameters of the search (shared by every parameter group), validated on creation.
+
+    The defaults are those of ``alsals.ALSALS()``; the presets (``preset="paper"``, SLS, SaLSa) are in
+    :data:`alsals.config.PRESETS`.
 
     Attributes:
         c: sufficient-decrease constant of the Armijo condition, in (0, 1).
         growth: factor ``γ ≥ 1`` by which the carried step size grows before a search.
         backtrack: factor ``β_b`` in (0, 1) by which a rejected trial step size shrinks.
-        smoothing: EMA factor ``β_s`` in [0, 1) of the slope and of the decrease (0: no smoothing).
+        smoothing: EMA factor ``β_s`` in [0, 1) of the slope and of the decrease (0: no smoothing;
+            the optimizer's keyword is ``slope_smoothing``).
         min_step_size: floor of the step size; the search stops there.
         max_step_size: ceiling of the step size; growth never passes it.
         max_backtracks: at most this many shrinks per search (the search then gives up).
         ascent_handling: use ``c_eff = 1/c`` when the smoothed slope is not positive.
+        growth_per: ``"step"`` (the carried step size grows at every step) or ``"search"`` (only when a
+            search starts; amortized steps use the grown size without keeping it).
+        initial_step_size: ``η0``, where the first search starts.
     """
 
-    c: float = 0.3
+    c: float = 0.5
     growth: float = 1.0 / 0.999
     backtrack: float = 0.9
-    smoothing: float = 0.99
+    smoothing: float = 0.9
     min_step_size: float = 1e-10
     max_step_size: float = 10.0
     max_backtracks: int = 100
     ascent_handling: bool = True
+    growth_per: str = "step"
+    initial_step_size: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_range("c", self.c, 0.0, 1.0, low_open=True, high_open=True)
+        check_range("growth", self.growth, 1.0, math.inf, low_open=False, high_open=True)
+        check_range("backtrack", self.backtrack, 0.0, 1.0, low_open=True, high_open=True)
+        check_range("smoothing", self.smoothing, 0.0, 1.0, low_open=False, high_open=True)
+        check_range("min_step_size", self.min_step_size, 0.0, math.inf, low_open=True, high_open=True)
+        check_range("max_step_size", self.max_step_size, self.min_step_size, math.inf, low_open=False, high_open=True)
+        check_range(
+            "initial_step_size", self.initial_step_size, self.min_step_size, self.max_step_size,
+            low_open=False, high_open=False,
+        )
+        check_int("max_backtracks", self.max_backtracks, 0)
+        check_bool("ascent_handling", self.ascent_handling)
+        check_choice("growth_per", self.growth_per, GROWTH_PER)
 
     def clamp(self, step_size: float) -> float:
         """``step_size`` limited to ``[min_step_size, max_step_size]``."""
@@ -169,7 +209,7 @@ def backtrack(
 
 
 @dataclass(frozen=True)
-class AmortisationConfig:
+class AmortizationConfig:
     """When to search, when searching only every few steps.
 
     Between searches the optimizer takes the grown step along the current direction with no trial
@@ -199,8 +239,12 @@ class AmortisationConfig:
     warmup_searches: int = 10
     rule: str = "halving"
 
-
-INTERVAL_RULES = ("doubling", "halving", "salsa")
+    def __post_init__(self) -> None:
+        check_range("fast", self.fast, 0.0, 1.0, low_open=False, high_open=True)
+        check_range("slow", self.slow, 0.0, 1.0, low_open=False, high_open=True)
+        check_int("max_search_interval", self.max_interval, 1)
+        check_int("warmup_searches", self.warmup_searches, 0)
+        check_choice("search_interval_rule", self.rule, INTERVAL_RULES)
 
 
 def next_interval(previous: int, backtracks: int, committed: bool, max_interval: int, halve: bool = False) -> int:
@@ -231,3 +275,243 @@ def search_interval(fast_average: float, slow_average: float, max_interval: int)
     if ratio - 1.0 < 1.0 / (max_interval + 1):  # 1/(r - 1) > max_interval + 1 (and never divides by 0)
         return max_interval
     return max(1, min(max_interval, round(1.0 / (ratio - 1.0))))
+
+
+# --------------------------------------------------------------------------------------------------
+# The carried state and the two rules over it
+# --------------------------------------------------------------------------------------------------
+
+#: counters of :class:`SearchState` (all start at 0)
+COUNTER_KEYS = (
+    "steps",
+    "forward_evaluations",
+    "backward_passes",
+    "searches",
+    "backtracks",
+    "rejected_nonfinite",
+    "skipped_searches",
+    "skipped_steps",
+    "gave_up",
+)
+
+
+@dataclass(frozen=True)
+class SearchState:
+    """Everything the search carries from one optimizer step to the next (plain floats, ints, str).
+
+    ``state_dict()`` holds it as a plain dict (:meth:`to_dict`, in every parameter group under
+    ``"search"``), so ``torch.load(..., weights_only=True)`` reads it, and the keys are those of
+    version 0.1.0.
+
+    Attributes:
+        step_size: the carried step size ``η`` (the last accepted one, grown when ``growth_per="step"``).
+        smoothed_slope, smoothed_decrease: the EMAs ``s`` and ``h`` of the Armijo test.
+        step_size_fast, step_size_slow: SaLSa's two EMAs of the accepted step size (rule ``"salsa"``).
+        search_interval: ``L``, the current interval between amortized searches.
+        steps_until_search: amortized steps left before the next search.
+        steps ... gave_up: the counters (:data:`COUNTER_KEYS`).
+        last_loss, last_trials, last_status, last_anneal: the report of the last step (its first loss,
+            averaged over the ranks; its trial evaluations; how it ended; the anneal factor used).
+    """
+
+    step_size: float
+    smoothed_slope: float = 0.0
+    smoothed_decrease: float = 0.0
+    step_size_fast: float = 0.0
+    step_size_slow: float = 0.0
+    search_interval: int = 1
+    steps_until_search: int = 0
+    steps: int = 0
+    forward_evaluations: int = 0
+    backward_passes: int = 0
+    searches: int = 0
+    backtracks: int = 0
+    rejected_nonfinite: int = 0
+    skipped_searches: int = 0
+    skipped_steps: int = 0
+    gave_up: int = 0
+    last_loss: float = math.nan
+    last_trials: int = 0
+    last_status: str = ""
+    last_anneal: float = 1.0
+
+    @classmethod
+    def initial(cls, config: SearchConfig) -> "SearchState":
+        """The state before the first step."""
+        return cls(step_size=config.initial_step_size)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The state as a plain dict (what ``state_dict()`` saves)."""
+        return {name: getattr(self, name) for name in _STATE_FIELDS}
+
+    @classmethod
+    def from_dict(cls, saved: Optional[Mapping[str, Any]], config: SearchConfig) -> "SearchState":
+        """Rebuild the state from :meth:`to_dict` output, or from a state dict of version 0.1.0 (the
+        same keys; its status ``"amortised"`` reads as ``"amortized"``). Missing keys take their
+        initial values; unknown keys are ignored."""
+        if not saved:
+            return cls.initial(config)
+        values: Dict[str, Any] = {}
+        for name in _STATE_FIELDS:
+            if name in saved:
+                value = saved[name]
+                values[name] = value.item() if hasattr(value, "item") else value
+        values.setdefault("step_size", config.initial_step_size)
+        if values.get("last_status") == "amortised":
+            values["last_status"] = StepKind.AMORTIZED.value
+        return cls(**values)
+
+    @property
+    def counters(self) -> Dict[str, int]:
+        """The counters as a dict of ints."""
+        return {k: int(getattr(self, k)) for k in COUNTER_KEYS}
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(SearchState))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a step will do, decided before its closure runs (from the carried state only).
+
+    Attributes:
+        step: this step's number (1-based; it drives the built-in anneal).
+        search: run the line search; otherwise an amortized step along the direction with no trial.
+        step_size: the grown step size ``clamp(η·γ)``: where the search starts, or the step size of an
+            amortized step.
+    """
+
+    step: int
+    search: bool
+    step_size: float
+
+
+class StepKind(str, Enum):
+    """How a step ended, besides the end of its search (:class:`SearchStatus`)."""
+
+    #: the first loss or a gradient was not finite: nothing moved
+    SKIPPED_NONFINITE = "skipped_nonfinite"
+    #: the slope was not finite: the weights stay, the moments advance
+    SKIPPED_NONFINITE_SLOPE = "skipped_nonfinite_slope"
+    #: no parameter received a gradient (all frozen, or unused): nothing moved
+    NO_GRADIENTS = "no_gradients"
+    #: an amortized step: the grown step along the direction, no trial
+    AMORTIZED = "amortized"
+    #: the line search ran (its :class:`SearchResult` says how it ended)
+    SEARCHED = "searched"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the optimizer reports after a step, for :func:`advance`.
+
+    Attributes:
+        kind: how the step ended.
+        loss: the first loss (averaged over the ranks).
+        evaluations, backward_passes: closure evaluations and backward passes of this step.
+        anneal: the anneal factor the step used (``None``: not reached, the step was skipped first).
+        slope: the raw slope ``D`` of a searched step.
+        result: the search's result (``kind`` is ``SEARCHED``).
+    """
+
+    kind: StepKind
+    loss: float
+    evaluations: int
+    backward_passes: int
+    anneal: Optional[float] = None
+    slope: float = math.nan
+    result: Optional[SearchResult] = None
+
+
+def plan(state: SearchState, config: SearchConfig, amortization: Optional[AmortizationConfig]) -> Plan:
+    """Decide the next step from the carried state alone: search or not, from which step size.
+
+    Every step of the first ``warmup_searches`` searches, and every step without amortization,
+    searches; afterwards a step searches when ``steps_until_search`` has run out.
+    """
+    search = (
+        amortization is None
+        or state.searches < amortization.warmup_searches
+        or state.steps_until_search <= 0
+    )
+    return Plan(step=state.steps + 1, search=search, step_size=config.grow(state.step_size))
+
+
+def next_smoothed_slope(state: SearchState, slope: float, config: SearchConfig) -> float:
+    """``s ← β_s·s + (1 − β_s)·D``: the smoothed slope a search with raw slope ``slope`` tests against."""
+    return smooth(state.smoothed_slope, slope, config.smoothing)
+
+
+def advance(
+    state: SearchState,
+    plan: Plan,
+    outcome: Outcome,
+    config: SearchConfig,
+    amortization: Optional[AmortizationConfig],
+) -> SearchState:
+    """The state after a step: fold the step's :class:`Outcome` into the carried state.
+
+    - every step: the step counter, evaluation counters and the last-step report;
+    - a skipped step (non-finite loss, gradient or slope): ``skipped_steps``, nothing else;
+    - an amortized step: one step closer to the next search; the grown step size is kept when
+      ``growth_per="step"``;
+    - a searched step: the accepted step size, the smoothed slope and (when it commits) the
+      smoothed decrease, the search counters, and the next search interval (:func:`next_interval`
+      or, for the ``"salsa"`` rule, :func:`search_interval` of the step-size EMAs).
+    """
+    kind = outcome.kind
+    common: Dict[str, Any] = dict(
+        steps=plan.step,
+        forward_evaluations=state.forward_evaluations + outcome.evaluations,
+        backward_passes=state.backward_passes + outcome.backward_passes,
+        last_loss=outcome.loss,
+        last_trials=0,
+        last_status=kind.value,
+    )
+    if outcome.anneal is not None:
+        common["last_anneal"] = outcome.anneal
+    if kind in (StepKind.SKIPPED_NONFINITE, StepKind.SKIPPED_NONFINITE_SLOPE):
+        return replace(state, **common, skipped_steps=state.skipped_steps + 1)
+    if kind is StepKind.NO_GRADIENTS:
+        return replace(state, **common)
+    if kind is StepKind.AMORTIZED:
+        kept = plan.step_size if config.growth_per == "step" else state.step_size
+        return replace(
+            state, **common, step_size=kept,
+            steps_until_search=state.steps_until_search - 1,
+            skipped_searches=state.skipped_searches + 1,
+        )
+    result = outcome.result
+    if result is None:
+        raise ValueError("a searched step's outcome needs its SearchResult")
+    status = result.status
+    common.update(last_trials=result.trials, last_status=status.value)
+    searched = replace(
+        state, **common,
+        step_size=result.step_size,
+        smoothed_slope=next_smoothed_slope(state, outcome.slope, config),
+        smoothed_decrease=result.smoothed_decrease if status.commits else state.smoothed_decrease,
+        searches=state.searches + 1,
+        backtracks=state.backtracks + result.backtracks,
+        rejected_nonfinite=state.rejected_nonfinite + result.nonfinite_trials,
+        gave_up=state.gave_up + (status in (SearchStatus.GAVE_UP, SearchStatus.FAILED)),
+    )
+    if amortization is None:
+        return searched
+    if amortization.rule in ("doubling", "halving"):
+        committed = status.commits and status is not SearchStatus.GAVE_UP
+        interval = next_interval(
+            state.search_interval, result.backtracks, committed, amortization.max_interval,
+            halve=amortization.rule == "halving",
+        )
+        return replace(searched, search_interval=interval, steps_until_search=interval - 1)
+    if searched.searches == 1:
+        fast = slow = result.step_size
+    else:
+        fast = smooth(state.step_size_fast, result.step_size, amortization.fast)
+        slow = smooth(state.step_size_slow, result.step_size, amortization.slow)
+    interval = search_interval(fast, slow, amortization.max_interval)
+    return replace(
+        searched, step_size_fast=fast, step_size_slow=slow, search_interval=interval,
+        steps_until_search=interval - 1,
+    )

@@ -11,14 +11,17 @@ The ``Trainer`` runs ``training_step`` (forward and backward) on each micro-batc
   ``ALSALS.step(closure)``: the closure's first call hands back the gradients already computed (after
   the Trainer's clipping) and the step's loss; its trial calls re-run the Trainer's ``training_step``
   on the same micro-batches under ``torch.no_grad()`` with the backward pass switched off (the same
-  loss computation, autocast and gradient-accumulation normalisation, the same dropout masks,
-  BatchNorm running statistics left untouched): a trial costs one forward pass per micro-batch;
+  loss computation, autocast and gradient-accumulation normalisation, the same dropout masks; the
+  closure declares the model (``closure.trial_modules``), so its buffers, BatchNorm statistics and
+  any other, are put back after each trial as the core optimizer does): a trial costs one forward
+  pass per micro-batch;
 - the Trainer's LR scheduler drives ALSALS's ``lr`` *multiplier*: ``TrainingArguments.learning_rate``
   is the peak multiplier on the searched step size (use ``learning_rate=1.0``; warmup and decay then
   scale the committed step while the search keeps finding ``η``);
 - the Trainer's logs (``trainer.state.log_history`` and every reporter) get ``alsals_step_size`` (the
   last accepted ``η``), and ``alsals_backtracks`` and ``alsals_forward_evaluations`` per step (means
-  over the logging interval).
+  over the logging interval; the interval's start is saved in checkpoints, so a run resumed with
+  ``resume_from_checkpoint`` logs the same values).
 
 Gradient accumulation works: the trials evaluate every micro-batch of the step. ``max_grad_norm``
 clips the gradient before the direction is formed, as it does for AdamW. Not supported: ``fp16=True``
@@ -32,11 +35,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, cast
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..closure import RandomState
 from ..optimizer import ALSALS
@@ -60,13 +62,19 @@ class ClosureStepAdapter(torch.optim.Optimizer):
     Like ``accelerate``'s ``AcceleratedOptimizer``, it does not call ``Optimizer.__init__``.
     """
 
+    #: the key under which :meth:`state_dict` saves :attr:`log_window` beside ALSALS's own state
+    LOG_WINDOW_KEY = "alsals_log_window"
+
     def __init__(self, optimizer: ALSALS, make_closure: Callable[[], Callable[[], Any]]):
         self.optimizer = optimizer
         self.make_closure = make_closure
+        #: the counters at the last log (``ALSALSTrainer`` averages its logged values since then);
+        #: saved in checkpoints, so a resumed run averages over the same window
+        self.log_window: Optional[Dict[str, int]] = None
 
     # the wrapped optimizer's data -------------------------------------------------------------
     @property
-    def param_groups(self) -> List[Dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> List[Dict[str, Any]]:
         return self.optimizer.param_groups
 
     @param_groups.setter
@@ -74,7 +82,7 @@ class ClosureStepAdapter(torch.optim.Optimizer):
         self.optimizer.param_groups = value
 
     @property
-    def state(self) -> Any:  # type: ignore[override]
+    def state(self) -> Any:
         return self.optimizer.state
 
     @state.setter
@@ -82,7 +90,7 @@ class ClosureStepAdapter(torch.optim.Optimizer):
         self.optimizer.state = value
 
     @property
-    def defaults(self) -> Dict[str, Any]:  # type: ignore[override]
+    def defaults(self) -> Dict[str, Any]:
         return self.optimizer.defaults
 
     @defaults.setter
@@ -102,10 +110,16 @@ class ClosureStepAdapter(torch.optim.Optimizer):
         return self.optimizer.search_state
 
     def state_dict(self) -> Dict[str, Any]:
-        return self.optimizer.state_dict()
+        state = self.optimizer.state_dict()
+        if self.log_window is not None:
+            state[self.LOG_WINDOW_KEY] = dict(self.log_window)
+        return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        window = state_dict.pop(self.LOG_WINDOW_KEY, None)
         self.optimizer.load_state_dict(state_dict)
+        self.log_window = {k: int(v) for k, v in window.items()} if window is not None else self.optimizer.counters
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         self.optimizer.add_param_group(param_group)
@@ -113,7 +127,7 @@ class ClosureStepAdapter(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         return self.optimizer.step(closure if closure is not None else self.make_closure())
 
     def __repr__(self) -> str:
@@ -129,20 +143,6 @@ def _find_adapter(optimizer: Any) -> Optional[ClosureStepAdapter]:
         if optimizer is None:
             return None
     return None
-
-
-@contextlib.contextmanager
-def _batchnorm_statistics_frozen(model: nn.Module) -> Iterator[None]:
-    """BatchNorm layers in training mode normalise with the batch statistics but leave their running
-    statistics (and ``num_batches_tracked``) alone: a trial must not update them."""
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    for layer in layers:
-        layer.track_running_stats = False
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.track_running_stats = True
 
 
 class ALSALSTrainer(Trainer):
@@ -171,7 +171,6 @@ class ALSALSTrainer(Trainer):
         self._alsals_window: List[Tuple[nn.Module, Dict[str, Any], Any]] = []
         self._alsals_window_loss: Optional[torch.Tensor] = None
         self._alsals_window_rng: Optional[RandomState] = None
-        self._alsals_logged: Optional[Dict[str, int]] = None
         super().__init__(*args, **kwargs)
         self._check_alsals_args()
 
@@ -212,7 +211,7 @@ class ALSALSTrainer(Trainer):
         """Create :class:`ALSALS` (unless an optimizer was given) and wrap it in a
         :class:`ClosureStepAdapter`, so the Trainer's ``optimizer.step()`` runs the line search."""
         if _find_adapter(self.optimizer) is not None:
-            return self.optimizer
+            return cast(torch.optim.Optimizer, self.optimizer)
         optimizer = super().create_optimizer(model)
         if not isinstance(optimizer, ALSALS):
             raise TypeError(
@@ -253,12 +252,12 @@ class ALSALSTrainer(Trainer):
         accelerator = self.accelerator
         patched = "backward" in vars(accelerator)
         original = vars(accelerator).get("backward")
-        accelerator.backward = lambda loss, **kwargs: None  # type: ignore[method-assign]
+        accelerator.backward = lambda loss, **kwargs: None
         try:
             yield
         finally:
             if patched:
-                accelerator.backward = original  # type: ignore[method-assign]
+                accelerator.backward = original
             else:
                 del accelerator.backward
 
@@ -268,8 +267,7 @@ class ALSALSTrainer(Trainer):
         total: Optional[torch.Tensor] = None
         with torch.no_grad(), self._backward_switched_off():
             for model, inputs, num_items_in_batch in window:
-                with _batchnorm_statistics_frozen(model):
-                    loss = Trainer.training_step(self, model, inputs, num_items_in_batch)
+                loss = Trainer.training_step(self, model, inputs, num_items_in_batch)
                 total = loss if total is None else total + loss
         assert total is not None
         return total
@@ -301,6 +299,13 @@ class ALSALSTrainer(Trainer):
 
         # The first call hands back gradients (the LBFGS convention); trials need none.
         closure.forward_only_trials = True  # type: ignore[attr-defined]
+        # The first call runs no module (training_step already ran): declare the modules whose
+        # buffers (BatchNorm statistics, EMA codebooks, ...) the trials must leave as they are now.
+        models: List[nn.Module] = []
+        for model, _, _ in window:
+            if all(model is not m for m in models):
+                models.append(model)
+        closure.trial_modules = models  # type: ignore[attr-defined]
         return closure
 
     # ------------------------------------------------------------------------------------------
@@ -310,9 +315,10 @@ class ALSALSTrainer(Trainer):
     def log(self, logs: Dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the line search's numbers to the training logs (those with a ``loss``)."""
         optimizer = self.alsals_optimizer
-        if optimizer is not None and "loss" in logs:
+        adapter = _find_adapter(self.optimizer)
+        if optimizer is not None and adapter is not None and "loss" in logs:
             counters = optimizer.counters
-            last = self._alsals_logged or {k: 0 for k in counters}
+            last = adapter.log_window or {k: 0 for k in counters}
             steps = counters["steps"] - last["steps"]
             logs["alsals_step_size"] = optimizer.step_size
             if steps > 0:
@@ -320,5 +326,5 @@ class ALSALSTrainer(Trainer):
                 logs["alsals_forward_evaluations"] = (
                     counters["forward_evaluations"] - last["forward_evaluations"]
                 ) / steps
-            self._alsals_logged = counters
+            adapter.log_window = counters
         super().log(logs, *args, **kwargs)

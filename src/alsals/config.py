@@ -1,0 +1,204 @@
+"""The validated configuration of an optimizer, and the one table of presets.
+
+:class:`ALSALSConfig` holds every setting of :class:`~alsals.ALSALS` that is not per parameter group
+(those are ``lr``, ``betas``, ``eps`` and ``weight_decay``, in ``opt.defaults`` as in torch). It is a
+frozen dataclass whose field names are the optimizer's keywords, so ``dataclasses.asdict(opt.config)``
+records a run, and it is validated on creation.
+
+:data:`PRESETS` is the one table of named configurations over the same engine. Each entry lists
+every engine setting, so a preset never changes when the defaults do:
+
+=============  =======================================================================================
+``"default"``  ``ALSALS()``: our defaults (docs/benchmarks.md has the ablation behind each)
+``"v0.1"``     the defaults of version 0.1.0, kept for comparison when the defaults change
+``"paper"``    the paper's settings (Kenneweg et al., 2024): ``c = 0.3``, ``β_s = 0.99``, no amortization
+``"sls"``      SLS (Vaswani et al., 2019): the gradient direction and the classical Armijo rule
+``"salsa"``    SaLSa (arXiv 2407.20650): the preconditioned gradient, growth per search, SaLSa's
+               interval rule
+=============  =======================================================================================
+
+``alsals.SLS`` and ``alsals.SaLSa`` are ``ALSALS`` with the ``"sls"`` and ``"salsa"`` presets.
+Explicit keywords override the preset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from typing import Any, Dict, Mapping, Optional
+
+from . import kernels
+from ._validation import check_bool, check_choice, check_int, check_range
+from .anneal import ANNEAL_SHAPES, anneal_factor
+from .search import GROWTH_PER, INTERVAL_RULES, AmortizationConfig, SearchConfig
+
+#: how the slope ``D = gᵀd`` is obtained
+SLOPE_METHODS = ("exact", "finite_difference")
+
+#: the defaults of version 0.1.0, every engine setting (kept unchanged: ``preset="v0.1"``)
+_V0_1: Dict[str, Any] = dict(
+    initial_step_size=0.1,
+    c=0.5,
+    growth=1.0 / 0.999,
+    growth_per="step",
+    backtrack=0.9,
+    slope_smoothing=0.9,
+    min_step_size=1e-10,
+    max_step_size=10.0,
+    max_backtracks=100,
+    ascent_handling=True,
+    direction="adam",
+    slope="exact",
+    finite_difference_eps=5e-9,
+    amortized=True,
+    max_search_interval=20,
+    search_interval_rule="halving",
+    anneal="wsd",
+    anneal_fraction=0.2,
+)
+
+#: The presets: every engine setting of each named configuration (see the module docstring).
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "default": dict(_V0_1),
+    "v0.1": dict(_V0_1),
+    "paper": {**_V0_1, "c": 0.3, "slope_smoothing": 0.99, "amortized": False},
+    "sls": {
+        **_V0_1,
+        "direction": "gradient",
+        "initial_step_size": 1.0,
+        "c": 0.1,
+        "slope_smoothing": 0.0,
+        "growth": 2.0 ** (1.0 / 500),  # 2^(1/n_batches_per_epoch); alsals.SLS sets it from n
+        "ascent_handling": False,
+        "max_step_size": 1e3,
+        # As in version 0.1.0, whose SLS inherited the amortized search of the defaults. The published
+        # SLS searches at every step: alsals.SLS(params, amortized=False).
+        "amortized": True,
+    },
+    "salsa": {
+        **_V0_1,
+        "direction": "preconditioned_gradient",
+        "initial_step_size": 1.0,
+        "c": 0.5,
+        "slope_smoothing": 0.9,
+        "growth": 1.1,
+        "growth_per": "search",
+        "backtrack": 0.8,
+        "ascent_handling": False,
+        "amortized": True,
+        "search_interval_rule": "salsa",
+        "max_search_interval": 10,
+    },
+}
+
+#: the keywords a preset sets (every other constructor keyword is run-specific)
+PRESET_KEYS = tuple(_V0_1)
+
+
+@dataclass(frozen=True)
+class ALSALSConfig:
+    """Every setting of an :class:`~alsals.ALSALS` optimizer except the per-group ones, validated.
+
+    The fields are the optimizer's keywords (see its docstring). Build one with
+    :func:`resolve_config` (a preset and explicit overrides), or directly: the field defaults are
+    the ``"default"`` preset. ``preset`` records which preset the values started from (it takes no
+    part in comparisons).
+    """
+
+    initial_step_size: float = 0.1
+    c: float = 0.5
+    growth: float = 1.0 / 0.999
+    growth_per: str = "step"
+    backtrack: float = 0.9
+    slope_smoothing: float = 0.9
+    min_step_size: float = 1e-10
+    max_step_size: float = 10.0
+    max_backtracks: int = 100
+    ascent_handling: bool = True
+    direction: str = "adam"
+    slope: str = "exact"
+    finite_difference_eps: float = 5e-9
+    amortized: bool = True
+    max_search_interval: int = 20
+    search_interval_rule: str = "halving"
+    anneal: str = "wsd"
+    anneal_fraction: float = 0.2
+    total_steps: Optional[int] = None
+    foreach: Optional[bool] = None
+    distributed: Optional[bool] = None
+    check_consistency: bool = False
+    preset: str = field(default="default", compare=False)
+
+    def __post_init__(self) -> None:
+        # The engine's own checks, with the optimizer's keyword names.
+        check_range("c", self.c, 0.0, 1.0, low_open=True, high_open=True)
+        check_range("growth", self.growth, 1.0, math.inf, low_open=False, high_open=True)
+        check_range("backtrack", self.backtrack, 0.0, 1.0, low_open=True, high_open=True)
+        check_range("slope_smoothing", self.slope_smoothing, 0.0, 1.0, low_open=False, high_open=True)
+        check_range("min_step_size", self.min_step_size, 0.0, math.inf, low_open=True, high_open=True)
+        check_range("max_step_size", self.max_step_size, self.min_step_size, math.inf, low_open=False, high_open=True)
+        check_range(
+            "initial_step_size", self.initial_step_size, self.min_step_size, self.max_step_size,
+            low_open=False, high_open=False,
+        )
+        check_range("finite_difference_eps", self.finite_difference_eps, 0.0, math.inf, low_open=True, high_open=True)
+        check_range("anneal_fraction", self.anneal_fraction, 0.0, 1.0, low_open=True, high_open=False)
+        check_int("max_backtracks", self.max_backtracks, 0)
+        check_int("max_search_interval", self.max_search_interval, 1)
+        check_int("total_steps", self.total_steps, 1, allow_none=True, what="the run's length in steps")
+        for name in ("ascent_handling", "amortized", "check_consistency"):
+            check_bool(name, getattr(self, name))
+        for name in ("foreach", "distributed"):
+            check_bool(name, getattr(self, name), allow_none=True)
+        for name, allowed in (
+            ("growth_per", GROWTH_PER),
+            ("direction", kernels.DIRECTION_KINDS),
+            ("slope", SLOPE_METHODS),
+            ("search_interval_rule", INTERVAL_RULES),
+            ("anneal", ANNEAL_SHAPES),
+        ):
+            check_choice(name, getattr(self, name), allowed)
+
+    @cached_property
+    def search(self) -> SearchConfig:
+        """The search's rules (what :func:`alsals.search.backtrack`, ``plan`` and ``advance`` read)."""
+        return SearchConfig(
+            c=float(self.c),
+            growth=float(self.growth),
+            backtrack=float(self.backtrack),
+            smoothing=float(self.slope_smoothing),
+            min_step_size=float(self.min_step_size),
+            max_step_size=float(self.max_step_size),
+            max_backtracks=self.max_backtracks,
+            ascent_handling=self.ascent_handling,
+            growth_per=self.growth_per,
+            initial_step_size=float(self.initial_step_size),
+        )
+
+    @cached_property
+    def amortization(self) -> Optional[AmortizationConfig]:
+        """When to search (``None``: at every step)."""
+        if not self.amortized:
+            return None
+        return AmortizationConfig(max_interval=self.max_search_interval, rule=self.search_interval_rule)
+
+    def anneal_factor(self, step: int) -> float:
+        """The built-in anneal factor ``a(t)`` of the committed step (1 without ``total_steps``)."""
+        if self.total_steps is None:
+            return 1.0
+        return anneal_factor(self.anneal, step, self.total_steps, self.anneal_fraction)
+
+
+def resolve_config(preset: Optional[str], overrides: Mapping[str, Any]) -> ALSALSConfig:
+    """The configuration of ``preset`` (``None``: ``"default"``) with the explicit ``overrides``
+    (keywords whose value is ``None`` are not given, except the run-specific ones)."""
+    check_choice("preset", preset, (None, *PRESETS))
+    name = "default" if preset is None else preset
+    known = {f.name for f in fields(ALSALSConfig)} - {"preset"}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(f"unknown ALSALS settings: {', '.join(sorted(unknown))}")
+    values = dict(PRESETS[name])
+    values.update({k: v for k, v in overrides.items() if v is not None or k not in PRESET_KEYS})
+    return ALSALSConfig(**values, preset=name)
