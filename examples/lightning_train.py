@@ -40,7 +40,7 @@ def make_data(n: int, dim: int, classes: int, seed: int = 0):
 
 
 class Classifier(L.LightningModule):
-    #: keyword arguments of ALSALS (``--no-amortisation`` searches at every step)
+    #: keyword arguments of ALSALS (``--no-amortization`` searches at every step)
     optimizer_kwargs: dict = {}
 
     def __init__(self, dim: int, hidden: int, classes: int):
@@ -134,9 +134,12 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-amortisation", action="store_true", help="search at every step (amortized=False)")
+    parser.add_argument(
+        "--no-amortization", "--no-amortisation", dest="no_amortization", action="store_true",
+        help="search at every step (amortized=False; the second spelling is the old one)",
+    )
     args = parser.parse_args(argv)
-    Classifier.optimizer_kwargs = {"amortized": False} if args.no_amortisation else {}
+    Classifier.optimizer_kwargs = {"amortized": False} if args.no_amortization else {}
     torch.set_num_threads(args.threads)
     modes = list(MODES) if args.mode == "all" else [args.mode]
     results = [run(mode, args.steps, args.hidden, args.batch_size) for mode in modes]

@@ -515,3 +515,15 @@ def advance(
         searched, step_size_fast=fast, step_size_slow=slow, search_interval=interval,
         steps_until_search=interval - 1,
     )
+
+
+def __getattr__(name: str) -> Any:
+    # Renamed in 0.2 (one spelling: "amortized", as the optimizer's keyword).
+    if name == "AmortisationConfig":
+        import warnings
+
+        warnings.warn(
+            "alsals.search.AmortisationConfig is now AmortizationConfig", DeprecationWarning, stacklevel=2
+        )
+        return AmortizationConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
