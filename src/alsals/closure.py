@@ -326,7 +326,12 @@ class ClosureEvaluator:
         self.evaluations = 0
         self.backward_passes = 0
         self.trials_expected = trials
-        self._guard = BufferGuard(modules if modules is not None else ModuleCache(), declared_trial_modules(closure))
+        # Only trials need the buffer bookkeeping (an amortized step skips it, and the RNG capture).
+        self._guard = (
+            BufferGuard(modules if modules is not None else ModuleCache(), declared_trial_modules(closure))
+            if trials
+            else None
+        )
         self._rng_before = RandomState(p.device for p in params if p.device.type == "cuda") if trials else None
         self._rng_after: Optional[RandomState] = None
 
@@ -350,7 +355,7 @@ class ClosureEvaluator:
         for p in self.params:
             p.grad = None
         with torch.enable_grad():
-            raw = self._guard.run_first(self.closure) if self.trials_expected else self.closure()
+            raw = self._guard.run_first(self.closure) if self._guard is not None else self.closure()
             loss = check_loss(raw, self.name)
             self.evaluations += 1
             self.closure_runs_backward = any(p.grad is not None for p in self.params)
@@ -375,7 +380,7 @@ class ClosureEvaluator:
                     f"{self.name} does not support sparse gradients (parameter of shape {tuple(p.shape)}); "
                     "use dense gradients, e.g. nn.Embedding(..., sparse=False)."
                 )
-        if self.trials_expected:
+        if self._guard is not None:
             self._guard.snapshot()
             if self._sharded:
                 fsdp_module_class = _fsdp_module_class()
@@ -391,7 +396,7 @@ class ClosureEvaluator:
         themselves run with gradients enabled (their trial gradients are discarded: this costs a
         backward pass per trial, see the README), unless they set ``forward_only_trials = True``.
         """
-        if self._rng_before is None:
+        if self._rng_before is None or self._guard is None:
             raise RuntimeError("ClosureEvaluator was created with trials=False")
         self._rng_before.restore()
         with_grad = self.trials_run_backward

@@ -448,7 +448,8 @@ class ALSALS(Optimizer):
         state: SearchState,
         grad_scaler: Optional[Any],
     ) -> Outcome:
-        """Everything after the first evaluation; changes parameters and state only when it returns."""
+        """Everything after the first evaluation: read, skip or no-op, amortized step or search. It changes
+        parameters and optimizer state only when it returns (an exception leaves them as they were)."""
 
         def outcome(kind: StepKind, **extra: Any) -> Outcome:
             return Outcome(kind, loss0, evaluator.evaluations, evaluator.backward_passes, **extra)
@@ -465,6 +466,21 @@ class ALSALS(Optimizer):
         if not step_plan.search:
             self._amortized_update(buckets, step_plan.step_size, anneal)
             return outcome(StepKind.AMORTIZED, anneal=anneal)
+        return self._search(evaluator, loss0, buckets, step_plan, state, anneal)
+
+    def _search(
+        self,
+        evaluator: ClosureEvaluator,
+        loss0: float,
+        buckets: List[_Bucket],
+        step_plan: Plan,
+        state: SearchState,
+        anneal: float,
+    ) -> Outcome:
+        """The line search inside a trial point, and the commit."""
+
+        def outcome(kind: StepKind, **extra: Any) -> Outcome:
+            return Outcome(kind, loss0, evaluator.evaluations, evaluator.backward_passes, anneal=anneal, **extra)
 
         slope_tensor = self._directions(buckets)
         config = self.config.search
@@ -486,7 +502,7 @@ class ALSALS(Optimizer):
             if not math.isfinite(slope):
                 point.restore()
                 self._store_moments(buckets)  # as a failed search: the moments advance, the weights stay
-                return outcome(StepKind.SKIPPED_NONFINITE_SLOPE, anneal=anneal)
+                return outcome(StepKind.SKIPPED_NONFINITE_SLOPE)
 
             def decrease_at(step_size: float) -> Optional[float]:
                 point.move_to(step_size)
@@ -508,7 +524,7 @@ class ALSALS(Optimizer):
                 point.commit(result.step_size, [self._commit_step(b, result.step_size, anneal) for b in buckets])
             else:
                 point.restore()
-        return outcome(StepKind.SEARCHED, anneal=anneal, slope=slope, result=result)
+        return outcome(StepKind.SEARCHED, slope=slope, result=result)
 
     # ------------------------------------------------------------------------------------------
     # Pieces of the step
