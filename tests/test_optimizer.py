@@ -3,6 +3,7 @@
 import copy
 import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -686,3 +687,40 @@ def test_salsa_preset_keeps_salsas_interval_rule():
     assert alsals.SaLSa(mlp().parameters()).config.search_interval_rule == "salsa"
     with pytest.raises(ValueError):
         alsals.ALSALS(mlp().parameters(), search_interval_rule="tripling")
+
+
+class EMABuffer(nn.Module):
+    """A buffer updated in forward, three ways: in place (mul_/add_), by copy_, or by assignment."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.register_buffer("code", torch.zeros(32))
+
+    def forward(self, h):
+        if self.training:
+            new = 0.9 * self.code + 0.1 * h.detach().mean(0)
+            if self.how == "in-place":
+                self.code.mul_(0.9).add_(h.detach().mean(0), alpha=0.1)
+            elif self.how == "copy_":
+                self.code.copy_(new)
+            else:
+                self.code = new  # replaces the registered buffer
+        return h + self.code
+
+
+@pytest.mark.parametrize("how", ["in-place", "copy_", "assignment"])
+def test_buffers_updated_in_forward_are_those_of_the_first_evaluation_alone(how):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), EMABuffer(how), nn.Tanh(), nn.Linear(32, 1))
+    twin = copy.deepcopy(model)
+    X, y = regression_data()
+    opt = alsals.ALSALS(model.parameters(), initial_step_size=1.0, amortized=False)  # several trials
+    for idx in batches(len(X), 32, 4):
+        twin.load_state_dict(model.state_dict())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            opt.step(mse_closure(model, X, y, idx))
+        twin(X[idx])  # one forward at the weights before the step
+        assert torch.equal(model[1].code, twin[1].code)
+    assert opt.counters["forward_evaluations"] > 2 * 4
