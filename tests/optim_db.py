@@ -48,7 +48,7 @@ VARIANTS = [
     Variant("default"),
     Variant("paper", {"preset": "paper"}, amortized=False),
     Variant("v0.1", {"preset": "v0.1"}),
-    Variant("sls", {"n_batches_per_epoch": 8}, cls=alsals.SLS),
+    Variant("sls", {"n_batches_per_epoch": 8}, cls=alsals.SLS, amortized=False),
     Variant("salsa", {}, cls=alsals.SaLSa),
     Variant("no-amortization", {"amortized": False}, amortized=False),
     Variant("doubling-interval", {"search_interval_rule": "doubling"}),

@@ -72,9 +72,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "growth": 2.0 ** (1.0 / 500),  # 2^(1/n_batches_per_epoch); alsals.SLS sets it from n
         "ascent_handling": False,
         "max_step_size": 1e3,
-        # As in version 0.1.0, whose SLS inherited the amortized search of the defaults. The published
-        # SLS searches at every step: alsals.SLS(params, amortized=False).
-        "amortized": True,
+        # The published SLS searches at every step (version 0.1.0's SLS inherited the amortized search
+        # of the defaults by mistake; alsals.SLS(params, amortized=True) gives that back).
+        "amortized": False,
     },
     "salsa": {
         **_V0_1,

@@ -18,8 +18,8 @@ class SLS(ALSALS):
 
     ``ALSALS(params, preset="sls")``: direction ``g``, slope ``‖g‖²``, no smoothing, ``c = 0.1``,
     ``η0 = 1``, backtracking by 0.9 and growth ``2^(1/n_batches_per_epoch)`` per step (the step size
-    may double over an epoch). As in version 0.1.0 it takes the amortized search of the defaults;
-    ``amortized=False`` is the published SLS (a search at every step).
+    may double over an epoch), and a search at every step, as published (version 0.1.0's SLS took
+    the amortized search of the defaults; ``amortized=True`` gives that back).
 
     Args:
         params: parameters or parameter groups.
