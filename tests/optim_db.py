@@ -22,12 +22,15 @@ class Variant:
         kwargs: the keywords of ``cls``.
         cls: ``alsals.ALSALS`` or a preset class.
         amortized: whether its runs take amortized steps after the warm-up searches.
+        device_amortized: whether those amortized steps are decided on the device (torch's fused
+            AdamW kernel, no host read); the others read the first loss back like a search does.
     """
 
     name: str
     kwargs: Dict[str, Any] = field(default_factory=dict)
     cls: Callable[..., alsals.ALSALS] = alsals.ALSALS
     amortized: bool = True
+    device_amortized: bool = True
 
     def make(self, params: Any, **overrides: Any) -> alsals.ALSALS:
         return self.cls(params, **{**self.kwargs, **overrides})
@@ -46,15 +49,16 @@ class Variant:
 
 VARIANTS = [
     Variant("default"),
-    Variant("paper", {"preset": "paper"}, amortized=False),
+    Variant("paper", {"preset": "paper"}, amortized=False, device_amortized=False),
     Variant("v0.1", {"preset": "v0.1"}),
-    Variant("sls", {"n_batches_per_epoch": 8}, cls=alsals.SLS, amortized=False),
-    Variant("salsa", {}, cls=alsals.SaLSa),
-    Variant("no-amortization", {"amortized": False}, amortized=False),
+    Variant("sls", {"n_batches_per_epoch": 8}, cls=alsals.SLS, amortized=False, device_amortized=False),
+    Variant("salsa", {}, cls=alsals.SaLSa, device_amortized=False),  # its direction P·g: multi-tensor kernels
+    Variant("no-amortization", {"amortized": False}, amortized=False, device_amortized=False),
     Variant("doubling-interval", {"search_interval_rule": "doubling"}),
     Variant("finite-difference", {"slope": "finite_difference"}),
-    Variant("reference-kernels", {"foreach": False}),
+    Variant("reference-kernels", {"foreach": False}, device_amortized=False),
     Variant("foreach-kernels", {"foreach": True}),
+    Variant("unfused", {"fused": False}, device_amortized=False),
     Variant("anneal", {"total_steps": 40, "anneal": "cosine"}),
     Variant("decay-and-lr", {"weight_decay": 0.1, "lr": 0.5}),
 ]

@@ -140,7 +140,7 @@ class CollectiveCounter:
 
     def __enter__(self):
         def counting(tensor, *args, **kwargs):
-            self.calls.append(tensor.dtype)
+            self.calls.append((tensor.dtype, tensor.dim()))
             return self._original(tensor, *args, **kwargs)
 
         dist.all_reduce = counting
@@ -151,24 +151,48 @@ class CollectiveCounter:
 
     @property
     def packs(self):
-        return sum(dtype == torch.float64 for dtype in self.calls)
+        """The optimizer's reductions of its packed float64 values."""
+        return sum(dtype == torch.float64 for dtype, _ in self.calls)
+
+    @property
+    def flags(self):
+        """The optimizer's device-side skip flags of amortized steps (sharded parameters): 0-dim float32."""
+        return sum(dtype == torch.float32 and dim == 0 for dtype, dim in self.calls)
+
+
+def device_amortized(opt):
+    """Whether ``opt``'s amortized steps are decided on the device (no read, no collective)."""
+    return opt.config.amortized and opt.config.direction == "adam" and opt.config.fused is not False
 
 
 def train(model, opt, batches, closure_factory=None, counter=None):
-    """Steps ``opt`` over ``batches``; records step sizes, trials, and collectives per evaluation."""
-    record = {"step_sizes": [], "trials": [], "losses": [], "evaluations": [], "collectives": [], "packs": []}
+    """Steps ``opt`` over ``batches``; records step sizes, trials, and collectives per evaluation.
+
+    ``reads``: the evaluations that read back (and reduce) their loss: every evaluation of a searched
+    step, none of an amortized step decided on the device. ``losses``: the first loss of each step,
+    averaged over the ranks where the step read it back, this rank's own on device-side steps (NaN
+    here: compared only where averaged)."""
+    record = {"step_sizes": [], "trials": [], "losses": [], "evaluations": [], "collectives": [], "packs": [],
+              "flags": [], "searched": [], "reads": []}
     for x, y in batches:
         closure = closure_factory(model, x, y) if closure_factory else (lambda: mse(model, x, y))
-        evaluations = opt.counters["forward_evaluations"]
-        calls, packs = (len(counter.calls), counter.packs) if counter else (0, 0)
+        before = opt.counters
+        calls, packs, flags = (len(counter.calls), counter.packs, counter.flags) if counter else (0, 0, 0)
         opt.step(closure)
-        record["losses"].append(opt.search_state["last_loss"])  # averaged over the ranks
+        after = opt.counters
+        searched = after["searches"] > before["searches"]
+        evaluations = after["forward_evaluations"] - before["forward_evaluations"]
+        record["searched"].append(searched)
+        record["reads"].append(0 if not searched and device_amortized(opt) else evaluations)
+        averaged = opt.search_state["last_loss"] if record["reads"][-1] else float("nan")
+        record["losses"].append(averaged)
         record["step_sizes"].append(opt.step_size)
         record["trials"].append(opt.search_state["last_trials"])
-        record["evaluations"].append(opt.counters["forward_evaluations"] - evaluations)
+        record["evaluations"].append(evaluations)
         if counter:
             record["collectives"].append(len(counter.calls) - calls)
             record["packs"].append(counter.packs - packs)
+            record["flags"].append(counter.flags - flags)
     record["counters"] = opt.counters
     record["search_state"] = opt.search_state
     return record
@@ -252,6 +276,21 @@ def worker_nonfinite(rank, world, out_dir):
         record["skipped"] = skipped
         record["unchanged"] = all(torch.equal(a, b) for a, b in zip(before, plain_params(model.module)))
         record["rest"] = train(model, opt, batches[2:], counter=counter)
+        # An amortized step (decided on the device, no collective of its own) whose loss is NaN on
+        # rank 1 only: DDP's gradient all-reduce spreads the NaN, so every rank skips it.
+        more = rank_batches(rank, steps=STEPS + 8)[STEPS:]
+        while True:
+            state = opt.search_state
+            if state["searches"] >= 10 and state["steps_until_search"] > 0:  # the next step is amortized
+                break
+            train(model, opt, more[:1], counter=counter)
+            more = more[1:]
+        before = plain_params(model.module)
+        skips = opt.counters["skipped_steps"]
+        record["amortized_nan"] = train(model, opt, more[:1], nan_first_loss, counter)
+        record["amortized_unchanged"] = all(torch.equal(a, b) for a, b in zip(before, plain_params(model.module)))
+        record["amortized_skips"] = opt.counters["skipped_steps"] - skips
+        record["after_amortized_nan"] = train(model, opt, more[1:], counter=counter)
     record["params"] = plain_params(model.module)
     return record
 
@@ -382,6 +421,25 @@ def worker_sharded(rank, world, out_dir):
         "skipped": opt.counters["skipped_steps"],
         "unchanged": all(torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters())),
     }
+    # The same at an amortized step, decided on the device: the flag's all-reduce makes every rank skip.
+    model = _fsdp2_model()
+    opt = alsals.ALSALS(model.parameters())
+    for x, y in batches[:12]:
+        opt.step(lambda: mse(model, x, y))
+    while not (opt.search_state["searches"] >= 10 and opt.search_state["steps_until_search"] > 0):
+        opt.step(lambda: mse(model, x, y))
+    weight = model[0].weight
+    gradient_check = opt._gradient_check
+    opt._gradient_check = gradient_check_after_poisoning
+    before = [p.to_local().clone() for p in model.parameters()]
+    searches, skips = opt.counters["searches"], opt.counters["skipped_steps"]
+    x, y = batches[12]
+    opt.step(lambda: mse(model, x, y))
+    results["poisoned_amortized"] = {
+        "skipped": opt.counters["skipped_steps"] - skips,
+        "unchanged": all(torch.equal(a, p.to_local()) for a, p in zip(before, model.parameters())),
+        "amortized": opt.counters["searches"] == searches,
+    }
     return results
 
 
@@ -504,7 +562,12 @@ def assert_identical_across_ranks(records):
         assert other["step_sizes"] == first["step_sizes"]
         assert other["trials"] == first["trials"]
         assert other["counters"] == first["counters"]
-        assert other["search_state"] == first["search_state"] or _nan_equal(other["search_state"], first["search_state"])
+        # last_loss of a device-side amortized step is the rank's own
+        mine = {k: v for k, v in first["search_state"].items() if k != "last_loss"}
+        theirs = {k: v for k, v in other["search_state"].items() if k != "last_loss"}
+        assert theirs == mine
+        assert len(other["losses"]) == len(first["losses"])
+        assert all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(other["losses"], first["losses"]))
         for a, b in zip(first["params"], other["params"]):
             assert torch.equal(a, b)
 
@@ -518,7 +581,9 @@ def _nan_equal(a, b):
 def assert_matches(record, reference, rtol=1e-3, atol=5e-5):  # 24 steps of rounding differences
     assert record["trials"] == reference["trials"]
     assert record["step_sizes"] == pytest.approx(reference["step_sizes"], rel=1e-6)
-    assert record["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+    averaged = [i for i, loss in enumerate(record["losses"]) if not math.isnan(loss)]
+    assert averaged, "no step read its loss back"
+    assert [record["losses"][i] for i in averaged] == pytest.approx([reference["losses"][i] for i in averaged], rel=1e-5)
     for a, b in zip(record["params"], reference["params"]):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
@@ -561,17 +626,23 @@ def test_ranks_take_identical_steps_and_match_one_process_on_the_concatenated_ba
         records = [r[kind] for r in results]
         assert_identical_across_ranks(records)
         record = records[0]
-        # one collective (all-reduce of one small pack) per closure evaluation, and no other
-        assert record["collectives"] == record["evaluations"]
-        assert record["packs"] == record["evaluations"]
+        # one collective (all-reduce of one small pack) per closure evaluation that reads back, and
+        # no other: an amortized step decided on the device needs none (DDP's gradient all-reduce
+        # makes its skip decision alike on every rank)
+        assert record["collectives"] == record["reads"]
+        assert record["packs"] == record["reads"]
+        if kind == "alsals":
+            amortized = [r for r, searched in zip(record["reads"], record["searched"]) if not searched]
+            assert amortized and amortized == [0] * len(amortized)
         assert_matches(record, single_process(kind, world))
     # The data made the search work: several step sizes, some backtracking, amortised skips (SaLSa).
     alsals_record = results[0]["alsals"]
     assert len(set(alsals_record["step_sizes"])) > 1
     assert alsals_record["counters"]["backtracks"] > 0
     if "salsa" in kinds:
-        for kind in kinds:  # past the warm-up searches, amortized steps happened and the ranks agreed on them
+        for kind in ("alsals", "salsa"):  # past the warm-up searches, amortized steps happened and the ranks agreed
             assert results[0][kind]["counters"]["skipped_searches"] > 0, kind
+        assert results[0]["sls"]["counters"]["skipped_searches"] == 0  # SLS searches at every step, as published
 
 
 @needs_gloo
@@ -603,6 +674,12 @@ def test_a_nan_on_one_rank_is_rejected_by_all_ranks_without_hanging(ddp_job):
         assert all(math.isfinite(s) for s in result["rest"]["step_sizes"])
     assert results[0]["after_first"]["step_sizes"] == results[1]["after_first"]["step_sizes"]
     assert results[0]["rest"]["step_sizes"] == results[1]["rest"]["step_sizes"]
+    for result in results:  # the amortized step with rank 1's NaN: skipped by every rank, no collective
+        nan_step = result["amortized_nan"]
+        assert nan_step["searched"] == [False] and nan_step["collectives"] == [0]
+        assert result["amortized_unchanged"] and result["amortized_skips"] == 1
+        assert all(math.isfinite(s) for s in result["after_amortized_nan"]["step_sizes"])
+    assert results[0]["after_amortized_nan"]["step_sizes"] == results[1]["after_amortized_nan"]["step_sizes"]
     for a, b in zip(results[0]["params"], results[1]["params"]):
         assert torch.equal(a, b)
 
@@ -632,8 +709,8 @@ def test_gradient_accumulation_with_ddp_matches_the_whole_batch(ddp_job):
     assert micro["counters"]["backward_passes"] == STEPS
     # the optimizer's one pack per evaluation, plus the one gradient all-reduce of the step (the
     # counting comm hook goes through torch.distributed.all_reduce)
-    assert micro["packs"] == micro["evaluations"]
-    assert [c - e for c, e in zip(micro["collectives"], micro["evaluations"])] == [1] * STEPS
+    assert micro["packs"] == micro["reads"]
+    assert [c - r for c, r in zip(micro["collectives"], micro["reads"])] == [1] * STEPS
 
 
 @needs_gloo
@@ -666,13 +743,17 @@ def test_sharded_fsdp2_run_matches_the_ddp_run(sharded_job):
         assert_identical_across_ranks(records)  # full parameters, gathered
         record = records[0]
         assert_matches(record, ddp_record)
-        assert record["packs"] == record["evaluations"]  # the partial slopes ride with the first trial loss
+        assert record["packs"] == record["reads"]  # the partial slopes ride with the first trial loss
+        # an amortized step's only collective of the optimizer: the device-side skip flag (never read)
+        assert [int(not searched) for searched in record["searched"]] == record["flags"]
+        assert [r for r, searched in zip(record["reads"], record["searched"]) if not searched] == [0] * record["flags"].count(1)
         assert record["left_sharded"]  # after the trials, every module holds its shards again
     assert 0 in results[1]["fsdp2"]["local_sizes"]  # an empty shard was part of the run
     assert results[0]["fsdp2"]["placements"] == {"(Shard(dim=0),)"}
     assert results[0]["hsdp"]["placements"] == {"(Replicate(), Shard(dim=0))"}
     for result in results:
         assert result["poisoned"] == {"skipped": 1, "unchanged": True}
+        assert result["poisoned_amortized"] == {"skipped": 1, "unchanged": True, "amortized": True}
 
 
 @needs_gloo

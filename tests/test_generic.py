@@ -85,11 +85,8 @@ def test_resume_is_bitwise(variant):
         assert final[1]["skipped_searches"] > 0
 
 
-@variants
-def test_one_host_read_per_closure_evaluation(variant, monkeypatch):
-    model = mlp(dropout=0.1)
-    opt = variant.make(model.parameters())
-    run(model, opt, ORDER[:2])  # lazy state exists
+def count_host_reads(monkeypatch):
+    """Record every tensor method that reads a value back to the host."""
     calls = []
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"):
         original = getattr(torch.Tensor, name)
@@ -99,12 +96,28 @@ def test_one_host_read_per_closure_evaluation(variant, monkeypatch):
             return _original(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
-    before = opt.counters["forward_evaluations"]
-    for idx in ORDER[2:14]:
+    return calls
+
+
+@variants
+def test_one_host_read_per_searched_evaluation_and_none_on_device_amortized_steps(variant, monkeypatch):
+    """A searched step reads once per closure evaluation; an amortized step decided on the device
+    (torch's fused AdamW kernel) reads nothing, and its counts come back with the next read."""
+    model = mlp(dropout=0.1)
+    opt = variant.make(model.parameters())
+    run(model, opt, ORDER[:2])  # lazy state exists
+    before = opt.counters
+    calls = count_host_reads(monkeypatch)
+    for idx in ORDER[2:30]:
         opt.step(closure_for(model, idx))
-    evaluations = opt.counters["forward_evaluations"] - before
     monkeypatch.undo()
-    assert calls == ["tolist"] * evaluations
+    after = opt.counters
+    evaluations = after["forward_evaluations"] - before["forward_evaluations"]
+    amortized = after["skipped_searches"] - before["skipped_searches"]
+    assert (amortized > 0) == variant.amortized
+    reads = evaluations - amortized if variant.device_amortized else evaluations
+    assert calls == ["tolist"] * reads
+    assert after["steps"] - before["steps"] == 28
 
 
 class Interrupted(Exception):

@@ -126,6 +126,7 @@ class ALSALSConfig:
     anneal_fraction: float = 0.2
     total_steps: Optional[int] = None
     foreach: Optional[bool] = None
+    fused: Optional[bool] = None
     distributed: Optional[bool] = None
     check_consistency: bool = False
     preset: str = field(default="default", compare=False)
@@ -149,7 +150,7 @@ class ALSALSConfig:
         check_int("total_steps", self.total_steps, 1, allow_none=True, what="the run's length in steps")
         for name in ("ascent_handling", "amortized", "check_consistency"):
             check_bool(name, getattr(self, name))
-        for name in ("foreach", "distributed"):
+        for name in ("foreach", "fused", "distributed"):
             check_bool(name, getattr(self, name), allow_none=True)
         for name, allowed in (
             ("growth_per", GROWTH_PER),
@@ -159,6 +160,16 @@ class ALSALSConfig:
             ("anneal", ANNEAL_SHAPES),
         ):
             check_choice(name, getattr(self, name), allowed)
+        if self.fused and self.foreach is False:
+            raise ValueError(
+                "fused=True and foreach=False contradict each other: foreach=False asks for the "
+                "single-tensor reference kernels. Leave one of them at its default (None)."
+            )
+        if self.fused and self.direction != "adam":
+            raise ValueError(
+                f"fused=True needs direction='adam' (torch's fused Adam kernel); direction={self.direction!r} "
+                "takes its amortized steps with the multi-tensor kernels. Leave fused at its default (None)."
+            )
 
     @cached_property
     def search(self) -> SearchConfig:

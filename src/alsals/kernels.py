@@ -4,7 +4,9 @@ Each kernel has two implementations that compute the same numbers:
 
 - a readable single-tensor reference (``foreach=False``), one parameter at a time;
 - a multi-tensor fast path (``foreach=True``) over lists of tensors that share a device and dtype,
-  built on ``torch._foreach_*`` (one fused kernel per list on CUDA).
+  built on ``torch._foreach_*`` (one fused kernel per list on CUDA);
+- for the amortized step of the ``"adam"`` direction, torch's fused AdamW kernel
+  (:func:`apply_step_fused`): one pass over the tensors, and a skip decided on the device.
 
 ``tests/test_kernels.py`` checks that both agree, and that a whole optimizer run gives the same step
 sizes and parameters with either.
@@ -25,7 +27,8 @@ computed into temporaries), and :func:`update_moments_reference` applies the sam
 place when the step commits, so ``m`` and ``v`` end bitwise as if they had been updated first. Trial
 points are set from a saved copy ``w0`` of the parameters (:func:`set_trial`), never reached by
 accumulating moves, and the committed point is computed from ``w0`` (:func:`commit`). An amortized
-step (no search) is one fused update, :func:`apply_step_reference`, as in ``torch.optim.Adam``.
+step (no search) is one update, :func:`apply_step_reference`, as in ``torch.optim.Adam``; its fast path
+is torch's fused AdamW kernel (:func:`apply_step_fused`).
 """
 
 from __future__ import annotations
@@ -220,6 +223,59 @@ def apply_step_foreach(
         torch._foreach_addcdiv_(params, grads, denom, value=-step_size)
     else:
         torch._foreach_addcdiv_(params, exp_avgs, denom, value=-step_size / bias1)
+
+
+#: parameter dtypes torch's fused Adam kernel takes
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def fused_supported(params: List[Tensor]) -> bool:
+    """Whether :func:`apply_step_fused` can update ``params`` (one device, a floating dtype torch's
+    fused Adam kernel takes, on a device type it exists for)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    if not params:
+        return False
+    device, dtype = params[0].device, params[0].dtype
+    return (
+        device.type in _get_fused_kernels_supported_devices()
+        and dtype in FUSED_DTYPES
+        and all(p.device == device and p.dtype == dtype for p in params)
+    )
+
+
+def apply_step_fused(
+    params: List[Tensor],
+    grads: List[Tensor],
+    exp_avgs: List[Tensor],
+    exp_avg_sqs: List[Tensor],
+    *,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    step_size: float,
+    weight_decay: float,
+    skip: Tensor,
+) -> None:
+    """:func:`apply_step_reference` of the ``"adam"`` direction for a list of parameters, in one pass
+    of torch's fused AdamW kernel (``torch._fused_adamw_``, on the CPU and on CUDA), decided on the device.
+
+    ``w ← (1 − step_size·λ)·w − step_size·m̂/(√v̂ + ε)`` with the moments updated first: AdamW's update
+    with learning rate ``step_size`` (the committed ``lr·a·η``) and weight decay ``λ``, the same
+    numbers as the reference up to rounding (the kernel fuses the operations). ``skip`` is a 0-dim
+    float32 tensor on the parameters' device: ``1.0`` leaves the parameters and the moments untouched
+    (the kernel returns before it reads them), ``0.0`` applies the update. Nothing is read back to the
+    host: a step whose loss or gradients are not finite is skipped without a synchronisation.
+    """
+    # The kernel reads the bias corrections' step count from a tensor; every parameter of the list
+    # has the same one (the optimizer buckets by step count), so one tensor serves them all.
+    count = torch.full((), float(step), dtype=torch.float32, device=params[0].device)
+    torch._fused_adamw_(
+        params, grads, exp_avgs, exp_avg_sqs, [], [count] * len(params),
+        lr=step_size, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
+        amsgrad=False, maximize=False, grad_scale=None, found_inf=skip,
+    )
 
 
 def slope_foreach(grads: List[Tensor], directions: List[Tensor]) -> Tensor:

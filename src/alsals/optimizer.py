@@ -25,7 +25,7 @@ import math
 import sys
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, cast
 
@@ -72,12 +72,49 @@ class _Bucket:
     step: int  # the per-parameter step count this step gives them
     weight: float  # weight of this bucket's partial slope (sharded parameters)
     foreach: bool
+    #: its amortized steps take torch's fused AdamW kernel, skipped on the device when not finite
+    fused: bool = False
     directions: List[Tensor] = field(default_factory=list)
 
     @property
     def hyper(self) -> Dict[str, Any]:
         beta1, beta2 = self.group["betas"]
         return dict(beta1=beta1, beta2=beta2, eps=self.group["eps"], step=self.step)
+
+
+@dataclass
+class _DeviceCounts:
+    """What amortized steps decided on the device since the last host read, not yet in the
+    :class:`~alsals.search.SearchState` (read lazily: at the next searched step's first read, or
+    when the user asks for ``counters``, ``search_state`` or ``state_dict()``).
+
+    Attributes:
+        skipped: how many of those steps were skipped (non-finite loss or gradients), a 0-dim float64.
+        last_loss: the first loss of the latest one (this rank's).
+        last_skipped: 1.0 when the latest one was skipped, else 0.0.
+    """
+
+    skipped: Tensor
+    last_loss: Tensor
+    last_skipped: Tensor
+
+    def add(self, loss: Tensor, skipped: Tensor) -> "_DeviceCounts":
+        """The counts after one more device-side step (device operations only)."""
+        return _DeviceCounts(self.skipped + skipped.to(self.skipped), loss, skipped)
+
+    def tensors(self) -> List[Tensor]:
+        return [self.skipped, self.last_loss, self.last_skipped]
+
+    @staticmethod
+    def fold(state: SearchState, values: List[float], latest: bool) -> SearchState:
+        """``state`` with the counts read back (``values`` from :meth:`tensors`). ``latest``: the
+        last step of ``state`` was the latest device-side step, so its report comes from here too."""
+        skipped, last_loss, last_skipped = values
+        state = replace(state, skipped_steps=state.skipped_steps + int(skipped))
+        if latest:
+            status = StepKind.SKIPPED_NONFINITE.value if last_skipped else state.last_status
+            state = replace(state, last_loss=last_loss, last_status=status)
+        return state
 
 
 def _same(tensor: Optional[Tensor]) -> Optional[Tensor]:
@@ -234,6 +271,7 @@ class ALSALS(Optimizer):
         anneal_fraction: Optional[float] = None,
         total_steps: Optional[int] = None,
         foreach: Optional[bool] = None,
+        fused: Optional[bool] = None,
         process_group: Optional[Any] = None,
         distributed: Optional[bool] = None,
         check_consistency: bool = False,
@@ -251,7 +289,7 @@ class ALSALS(Optimizer):
                 direction=direction, slope=slope, finite_difference_eps=finite_difference_eps,
                 amortized=amortized, max_search_interval=max_search_interval,
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
-                total_steps=total_steps, foreach=foreach, distributed=distributed,
+                total_steps=total_steps, foreach=foreach, fused=fused, distributed=distributed,
                 check_consistency=check_consistency,
             ),
         )
@@ -260,6 +298,17 @@ class ALSALS(Optimizer):
         self._init_runtime()
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
+        if self.config.fused:
+            unsupported = sorted(
+                {f"{p.device.type} {p.dtype}" for group in self.param_groups for p in group["params"]
+                 if not kernels.fused_supported([cast(Tensor, local_tensor(p))])}
+            )
+            if unsupported:
+                raise ValueError(
+                    f"{name}(fused=True) needs parameters on a device and in a dtype torch's fused Adam "
+                    f"kernel supports; got {', '.join(unsupported)}. Leave fused at its default (None): "
+                    "the multi-tensor kernels then serve those parameters."
+                )
         self._publish(SearchState.initial(self.config.search))
 
     def _init_runtime(self) -> None:
@@ -271,6 +320,8 @@ class ALSALS(Optimizer):
         self._modules = ModuleCache()
         self._warned_past_total = False
         self._state_cache: Tuple[Optional[Dict[str, Any]], Optional[SearchState]] = (None, None)
+        #: counts of amortized steps decided on the device, not yet read back
+        self._device_counts: Optional[_DeviceCounts] = None
 
     # ------------------------------------------------------------------------------------------
     # Parameter groups, the shared search state, pickling
@@ -335,11 +386,25 @@ class ALSALS(Optimizer):
             group["step_size"] = state.step_size
         self._state_cache = (saved, state)
 
+    def _settle(self) -> SearchState:
+        """The carried state with the device-side counts of amortized steps read back (one host
+        synchronisation, only when there are such counts)."""
+        counts = self._device_counts
+        if counts is not None:
+            self._device_counts = None
+            values = torch.stack([t.reshape(()).to(counts.skipped) for t in counts.tensors()]).tolist()
+            self._publish(_DeviceCounts.fold(self._search_state(), values, latest=True))
+        return self._search_state()
+
     @property
     def search_state(self) -> Dict[str, Any]:
         """The line search's carried state (a copy): step size, smoothed slope and decrease,
-        amortization averages, counters, and the last step's loss, trial count and status."""
-        return self._search_state().to_dict()
+        amortization averages, counters, and the last step's loss, trial count and status.
+
+        Amortized steps decide on the device whether they were skipped and keep their loss there;
+        reading this (or :attr:`counters`, or ``state_dict()``) reads those back (one host
+        synchronisation, on this rank only: no collective)."""
+        return self._settle().to_dict()
 
     @property
     def step_size(self) -> float:
@@ -351,7 +416,13 @@ class ALSALS(Optimizer):
         """Cumulative counts: steps, forward evaluations, backward passes, searches, backtracks,
         rejected non-finite trials, searches skipped by amortization, skipped steps (non-finite
         first loss or gradients), and searches that gave up."""
-        return self._search_state().counters
+        return self._settle().counters
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The state dict of ``torch.optim.Optimizer`` (the search state in every group's ``"search"``),
+        with the device-side counts of amortized steps read back first."""
+        self._settle()
+        return super().state_dict()
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a state dict (tensors are cast to each parameter's dtype and device, as in torch).
@@ -361,9 +432,11 @@ class ALSALS(Optimizer):
         """
         super().load_state_dict(state_dict)
         self._state_cache = (None, None)
+        self._device_counts = None
         self._publish(self._search_state())
 
     def __getstate__(self) -> Dict[str, Any]:
+        self._settle()
         state = super().__getstate__()
         state["config"] = self.config
         state["reducer"] = self.reducer
@@ -421,8 +494,10 @@ class ALSALS(Optimizer):
             loss = evaluator.first()
             with torch.no_grad():
                 outcome = self._take_step(evaluator, loss, step_plan, state, grad_scaler)
+        state = self._search_state()  # with the device-side counts the step's read may have folded in
         self._publish(advance(state, step_plan, outcome, self.config.search, self.config.amortization))
         if self.config.check_consistency:
+            self._settle()
             distributed.check_consistency(self)
         return loss
 
@@ -457,7 +532,15 @@ class ALSALS(Optimizer):
         scaler_found_inf = self._unscale(grad_scaler)
         buckets = self._gradient_buckets(clone_grads=step_plan.search and evaluator.trials_run_backward)
         found_inf = scaler_found_inf if scaler_found_inf is not None else self._gradient_check(buckets)
-        loss0, found_inf_value = self._read([loss, found_inf], num_means=1)
+        if not step_plan.search and all(b.fused for b in buckets):
+            return self._amortized_on_device(evaluator, loss, found_inf, buckets, step_plan)
+        counts = self._device_counts
+        loss0, found_inf_value, *earlier = self._read(
+            [loss, found_inf], num_means=1, local=counts.tensors() if counts is not None else ()
+        )
+        if counts is not None:  # the amortized steps since the last read: into the carried state
+            self._device_counts = None
+            self._publish(_DeviceCounts.fold(self._search_state(), earlier, latest=False))
         if not math.isfinite(loss0) or found_inf_value != 0.0:  # NaN != 0 too
             return outcome(StepKind.SKIPPED_NONFINITE)
         if not buckets:
@@ -467,6 +550,51 @@ class ALSALS(Optimizer):
             self._amortized_update(buckets, step_plan.step_size, anneal)
             return outcome(StepKind.AMORTIZED, anneal=anneal)
         return self._search(evaluator, loss0, buckets, step_plan, state, anneal)
+
+    def _amortized_on_device(
+        self,
+        evaluator: ClosureEvaluator,
+        loss: Tensor,
+        found_inf: Tensor,
+        buckets: List[_Bucket],
+        step_plan: Plan,
+    ) -> Outcome:
+        """An amortized step with no host synchronisation: whether the loss and the gradients are
+        finite is decided on the device, and torch's fused AdamW kernel skips the whole update (weights
+        and moments) when they are not. The step count advances either way (a skipped step's bias
+        correction is then one step further along: below 1% after the warm-up searches). The loss
+        and the skip are kept on the device (:class:`_DeviceCounts`) until they are asked for.
+
+        Distributed: with replicated parameters (DDP) the gradients are the same on every rank after
+        DDP's all-reduce, so the skip is decided from them alone, alike on every rank, with no
+        collective (a non-finite loss makes non-finite gradients). With sharded parameters (FSDP2)
+        each rank checks its own shards, and the flag is all-reduced (MAX) on the device, unread.
+        """
+        flag = found_inf != 0  # NaN != 0 too
+        if not self.reducer.active:
+            flag = flag | ~torch.isfinite(loss.to(found_inf.device))
+        skip = flag.to(torch.float32)
+        if self.reducer.active and self._slope_weights:
+            torch.distributed.all_reduce(skip, op=torch.distributed.ReduceOp.MAX, group=self.reducer.process_group)
+        counts = self._device_counts or _DeviceCounts(
+            torch.zeros((), dtype=torch.float64, device=skip.device), loss, skip
+        )
+        self._device_counts = counts.add(loss, skip)
+        nan = math.nan
+        if not buckets:
+            return Outcome(StepKind.NO_GRADIENTS, nan, evaluator.evaluations, evaluator.backward_passes)
+        anneal = self._anneal_factor(step_plan.step)
+        on_device: Dict[torch.device, Tensor] = {}
+        for b in buckets:
+            committed, _ = self._commit_step(b, step_plan.step_size, anneal)
+            if b.device not in on_device:
+                on_device[b.device] = skip.to(b.device)
+            kernels.apply_step_fused(
+                b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, **b.hyper,  # type: ignore[arg-type]
+                step_size=committed, weight_decay=float(b.group["weight_decay"]), skip=on_device[b.device],
+            )
+            self._record_state(b)
+        return Outcome(StepKind.AMORTIZED, nan, evaluator.evaluations, evaluator.backward_passes, anneal=anneal)
 
     def _search(
         self,
@@ -535,6 +663,15 @@ class ALSALS(Optimizer):
             return bool(self.config.foreach)
         return all(p.device.type in ("cpu", "cuda", "xpu", "mps") for p in params)
 
+    def _use_fused(self, params: List[Tensor]) -> bool:
+        """Whether amortized steps of ``params`` take torch's fused AdamW kernel: the ``"adam"``
+        direction, not the reference kernels (``foreach=False``) nor ``fused=False``, and a device
+        and dtype the kernel supports."""
+        config = self.config
+        if config.fused is False or config.foreach is False or config.direction != "adam":
+            return False
+        return kernels.fused_supported(params)
+
     def _gradient_buckets(self, clone_grads: bool) -> List[_Bucket]:
         """The parameters with a gradient in this step, in buckets that share group, device, dtype,
         step count and slope weight. Nothing is stored: parameters seen for the first time get fresh
@@ -577,6 +714,7 @@ class ALSALS(Optimizer):
                         step=step,
                         weight=weight,
                         foreach=self._use_foreach(params),
+                        fused=self._use_fused(params),
                     )
                 )
         return buckets
@@ -711,13 +849,16 @@ class ALSALS(Optimizer):
             )
         return self.config.anneal_factor(step)
 
-    def _read(self, values: List[Tensor], num_means: int) -> List[float]:
-        """Reduce across ranks (when distributed) and read back: the one host synchronisation of
-        an evaluation."""
+    def _read(self, values: List[Tensor], num_means: int, local: Iterable[Tensor] = ()) -> List[float]:
+        """Reduce ``values`` across ranks (when distributed) and read them back, with this rank's
+        ``local`` values after them, unreduced: the one host synchronisation of an evaluation."""
         device = values[0].device
         dtype = torch.float32 if device.type == "mps" else torch.float64
-        packed = torch.stack([v.reshape(()).to(device=device, dtype=dtype) for v in values])
-        return self.reducer.reduce(packed, num_means).tolist()
+        packed = self.reducer.reduce(torch.stack([v.reshape(()).to(device=device, dtype=dtype) for v in values]), num_means)
+        extra = [v.reshape(()).to(device=device, dtype=dtype) for v in local]
+        if extra:
+            packed = torch.cat([packed, torch.stack(extra)])
+        return packed.tolist()
 
 
 __all__ = ["ALSALS", "COUNTER_KEYS", "GROUP_KEYS"]
