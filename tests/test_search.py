@@ -263,3 +263,195 @@ def test_state_round_trips_through_a_plain_dict_and_reads_version_0_1_0():
     old = dict(state.to_dict(), last_status="amortised")
     assert SearchState.from_dict(old, SearchConfig()).last_status == "amortized"
     assert SearchState.from_dict(None, SearchConfig(initial_step_size=0.2)).step_size == 0.2
+
+
+# ---------------------------------------------------------------------------------------------
+# Interpolated cuts and the two-way search
+# ---------------------------------------------------------------------------------------------
+
+from alsals.search import (  # noqa: E402
+    INCREASE_THRESHOLD,
+    MIN_CUT,
+    boundary_ratio,
+    condition_holds,
+    next_cut,
+    next_interval,
+    smoothed_candidate,
+)
+
+from helpers import batches, mlp, regression_data  # noqa: E402
+
+
+def quadratic(slope, curvature):
+    """The decrease of the batch loss along the direction: Δ(η) = η·D − ½·κ·η²."""
+    return lambda eta: eta * slope - 0.5 * curvature * eta**2
+
+
+@pytest.mark.parametrize("c", [0.1, 0.3, 0.5, 0.7])
+@pytest.mark.parametrize("eta", [1e-3, 0.05, 0.2, 3.0])
+def test_the_boundary_ratio_is_exact_on_a_quadratic_without_smoothing(c, eta):
+    slope, curvature = 2.0, 10.0
+    boundary = 2 * (1 - c) * slope / curvature  # Δ(x) ≥ c·x·D  ⇔  x ≤ 2(1 − c)D/κ
+    ratio = boundary_ratio(quadratic(slope, curvature)(eta), eta, slope, slope, 0.0, c, 0.0)
+    assert ratio == pytest.approx(boundary / eta, rel=1e-9)
+
+
+@pytest.mark.parametrize("rate", [False, True], ids=["decrease", "rate"])
+@pytest.mark.parametrize("beta", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("carried", [-0.3, 0.0, 0.02, 0.5])
+def test_the_boundary_ratio_is_where_the_smoothed_condition_turns_on_a_quadratic(beta, carried, rate):
+    slope, curvature, c, eta = 1.0, 20.0, 0.5, 0.01
+    smoothed_slope = 0.8
+    profile = quadratic(slope, curvature)
+    config = SearchConfig(c=c, smoothing=beta, rate_smoothing=rate)
+    ratio = boundary_ratio(profile(eta), eta, slope, smoothed_slope, carried, c, beta, rate)
+
+    def holds(x):
+        return condition_holds(smoothed_candidate(carried, profile(x), x, config), x, c, smoothed_slope, config)
+
+    if ratio == 0.0:
+        assert not any(holds(x) for x in (1e-6, 1e-4, 1e-3, 1e-2, 0.1))
+    else:
+        boundary = ratio * eta
+        assert holds(boundary * (1 - 1e-6)) and not holds(boundary * (1 + 1e-6))
+
+
+def test_smoothing_caps_how_far_one_search_can_increase():
+    """β_s = 0.9, c = 0.5, a nearly flat loss and h built at the current step size: the model allows
+    about 0.9/(0.5 − 0.1) = 2.25 times the step, not the unsmoothed boundary."""
+    eta, slope, curvature = 0.01, 1.0, 1e-3
+    profile = quadratic(slope, curvature)  # boundary without smoothing D/κ = 1000: 1e5 times the step
+    carried = profile(eta)  # h ≈ the decrease at η
+    ratio = boundary_ratio(profile(eta), eta, slope, slope, carried, 0.5, 0.9)
+    assert ratio == pytest.approx(2.25, rel=1e-2)
+    unsmoothed = boundary_ratio(profile(eta), eta, slope, slope, 0.0, 0.5, 0.0)
+    assert unsmoothed == pytest.approx(slope / curvature / eta, rel=1e-6)
+
+
+def test_the_boundary_ratio_declines_where_the_model_does_not_apply():
+    assert boundary_ratio(None, 0.1, 1.0, 1.0, 0.0, 0.5, 0.0) is None  # a non-finite trial
+    assert boundary_ratio(0.1, 0.1, -1.0, -1.0, 0.0, 0.5, 0.0) is None  # an uphill direction
+    assert boundary_ratio(0.1, 0.1, 0.0, 0.0, 0.0, 0.5, 0.0) is None
+    assert boundary_ratio(0.2, 0.1, 1.0, 1.0, 0.0, 0.5, 0.0) == math.inf  # more than linear: no curvature seen
+
+
+def test_interpolated_cuts_jump_to_the_boundary_and_are_safeguarded():
+    config = SearchConfig(c=0.5, smoothing=0.0, interpolate=True)
+    slope, curvature = 1.0, 10.0  # boundary 0.1
+    profile = quadratic(slope, curvature)
+
+    def cut(eta, cfg=config):
+        return next_cut(profile(eta), eta, slope, slope, 0.0, 0.5, cfg)
+
+    assert cut(0.2) == pytest.approx(0.5)  # exactly to 0.1
+    assert cut(100.0) == MIN_CUT  # at most a decade
+    assert cut(0.105) == config.backtrack  # at least β_b
+    assert next_cut(None, 0.2, slope, slope, 0.0, 0.5, config) == config.backtrack
+    assert cut(0.2, SearchConfig(c=0.5, smoothing=0.0)) == 0.9  # interpolate=False: the fixed factor
+
+
+def test_an_interpolating_search_needs_far_fewer_trials_than_fixed_cuts():
+    profile = quadratic(1.0, 1e4)  # boundary 1e-4, the first trial at 0.1: three decades too far
+    fixed, _ = run_search(profile, 0.1, 1.0, 1.0, 0.0, SearchConfig(c=0.5, smoothing=0.0))
+    interpolated, _ = run_search(profile, 0.1, 1.0, 1.0, 0.0, SearchConfig(c=0.5, smoothing=0.0, interpolate=True))
+    assert fixed.status is interpolated.status is SearchStatus.ACCEPTED
+    assert fixed.trials >= 60  # 0.9 per trial
+    assert interpolated.trials <= 5
+    assert 0.9e-4 <= interpolated.step_size <= 1e-4 * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("boundary_factor", [1.5, 3.0, 10.0])
+def test_the_two_way_search_tries_one_increase_only_when_the_model_predicts_room(boundary_factor):
+    eta = 0.01
+    curvature = 1.0 / (boundary_factor * eta)  # c = 0.5, no smoothing: boundary D/κ = boundary_factor·η
+    config = SearchConfig(c=0.5, smoothing=0.0, max_increase=4.0)
+    result, asked = run_search(quadratic(1.0, curvature), eta, 1.0, 1.0, 0.0, config)
+    assert result.status is SearchStatus.ACCEPTED and result.backtracks == 0
+    if boundary_factor < INCREASE_THRESHOLD:  # confirmed: no extra trial
+        assert asked == [] and result.increases == 0 and result.step_size == eta and not result.unconfirmed
+    else:
+        expected = eta * min(0.9 * boundary_factor, 4.0)  # β_b of the boundary, at most max_increase
+        assert asked == [pytest.approx(expected)] and result.trials == 2
+        assert result.increases == 1 and result.step_size == pytest.approx(expected)
+
+
+def test_with_smoothing_the_increase_lands_inside_the_smoothed_boundary():
+    eta, slope = 0.01, 1.0
+    profile = quadratic(slope, 1e-3)  # almost flat
+    config = SearchConfig(c=0.5, smoothing=0.9, max_increase=4.0)
+    result, asked = run_search(profile, eta, slope, slope, profile(eta), config)
+    assert result.increases == 1 and len(asked) == 1
+    assert result.step_size == pytest.approx(0.9 * 2.25 * eta, rel=1e-2)  # β_b of the smoothed boundary, not 4η
+
+
+def test_an_increase_held_back_by_the_smoothing_leaves_the_step_unconfirmed():
+    eta, slope = 0.01, 1.0
+    profile = quadratic(slope, 1e-3)  # the batch's boundary is far, but h was built at half the step
+    config = SearchConfig(c=0.5, smoothing=0.9, max_increase=4.0)
+    result, asked = run_search(profile, eta, slope, slope, profile(eta / 2), config)
+    assert asked == [] and result.increases == 0 and result.unconfirmed
+    assert result.step_size == eta
+
+
+def test_a_rejected_increase_keeps_the_first_trial():
+    eta = 0.01
+
+    def profile(x):  # quadratic up to 2η, then the loss rises sharply (the model was wrong)
+        return x - 0.5 * x**2 / (10 * eta) if x <= 2 * eta else -1.0
+
+    config = SearchConfig(c=0.5, smoothing=0.0, max_increase=4.0)
+    result, asked = run_search(profile, eta, 1.0, 1.0, 0.0, config)
+    assert asked == [pytest.approx(4 * eta)]
+    assert result.status is SearchStatus.ACCEPTED and result.step_size == eta
+    assert result.increases == 0 and result.trials == 2 and result.backtracks == 0 and result.unconfirmed
+
+
+def test_an_increase_or_an_unconfirmed_step_halves_the_interval_as_a_cut_does():
+    assert next_interval(8, 0, True, 20, halve=True) == 16
+    assert next_interval(8, 1, True, 20, halve=True) == 4  # one cut, one increase, or unconfirmed
+    config = SearchConfig(max_increase=4.0)
+    amortization = AmortizationConfig(warmup_searches=0)
+    state = SearchState(step_size=0.01, search_interval=8, searches=12)
+    for result, interval in (
+        (SearchResult(0.02, 0.0, SearchStatus.ACCEPTED, 2, 0, 0, increases=1), 4),
+        (SearchResult(0.01, 0.0, SearchStatus.ACCEPTED, 1, 0, 0, unconfirmed=True), 4),
+        (SearchResult(0.01, 0.0, SearchStatus.ACCEPTED, 1, 0, 0), 16),
+    ):
+        p = plan(state, config, amortization)
+        outcome = Outcome(StepKind.SEARCHED, 1.0, 2, 1, anneal=1.0, slope=1.0, result=result)
+        after = advance(state, p, outcome, config, amortization)
+        assert after.search_interval == interval
+        assert after.increases == result.increases
+
+
+def test_the_two_way_search_recovers_a_step_size_far_below_the_boundary():
+    """Started far too small (as after a first search that collapsed on Adam's sign-like step-1
+    direction), the two-way search climbs to the Armijo boundary in a few searches; the one-way
+    search can only grow by γ = 1/0.999 per step."""
+    X, y = regression_data()
+
+    def run(**kwargs):
+        model = mlp()
+        opt = alsals.ALSALS(model.parameters(), initial_step_size=1e-5, **kwargs)
+        for idx in batches(len(X), 32, 40):
+            opt.step(lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean())
+        return opt
+
+    one_way = run(interpolate=False, max_increase=1.0)
+    two_way = run(interpolate=True, max_increase=4.0)
+    assert one_way.step_size < 1.1e-5 and one_way.counters["increases"] == 0
+    assert two_way.step_size > 100 * one_way.step_size
+    assert two_way.counters["increases"] >= 4
+
+
+def test_rate_smoothing_lets_a_search_increase_without_the_lag_of_the_smoothed_decrease():
+    """h built at a smaller step holds a larger one back; the decrease per unit step does not."""
+    eta, slope = 0.01, 1.0
+    profile = quadratic(slope, 1e-3)  # nearly flat: the batch's boundary is far
+    decrease_rate_at_half = profile(eta / 2) / (eta / 2)
+    lagging, asked_lagging = run_search(profile, eta, slope, slope, profile(eta / 2), SearchConfig(max_increase=4.0))
+    rate, asked_rate = run_search(
+        profile, eta, slope, slope, decrease_rate_at_half, SearchConfig(max_increase=4.0, rate_smoothing=True)
+    )
+    assert lagging.increases == 0 and asked_lagging == [] and lagging.unconfirmed
+    assert rate.increases == 1 and rate.step_size == pytest.approx(4 * eta)

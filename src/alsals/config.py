@@ -56,6 +56,10 @@ _V0_1: Dict[str, Any] = dict(
     search_interval_rule="halving",
     anneal="wsd",
     anneal_fraction=0.2,
+    interpolate=False,
+    max_increase=1.0,
+    rate_smoothing=False,
+    average=False,
 )
 
 #: The presets: every engine setting of each named configuration (see the module docstring).
@@ -124,6 +128,10 @@ class ALSALSConfig:
     search_interval_rule: str = "halving"
     anneal: str = "wsd"
     anneal_fraction: float = 0.2
+    interpolate: bool = False
+    max_increase: float = 1.0
+    rate_smoothing: bool = False
+    average: Optional[bool] = None
     total_steps: Optional[int] = None
     foreach: Optional[bool] = None
     fused: Optional[bool] = None
@@ -145,12 +153,13 @@ class ALSALSConfig:
         )
         check_range("finite_difference_eps", self.finite_difference_eps, 0.0, math.inf, low_open=True, high_open=True)
         check_range("anneal_fraction", self.anneal_fraction, 0.0, 1.0, low_open=True, high_open=False)
+        check_range("max_increase", self.max_increase, 1.0, math.inf, low_open=False, high_open=True)
         check_int("max_backtracks", self.max_backtracks, 0)
         check_int("max_search_interval", self.max_search_interval, 1)
         check_int("total_steps", self.total_steps, 1, allow_none=True, what="the run's length in steps")
-        for name in ("ascent_handling", "amortized", "check_consistency"):
+        for name in ("ascent_handling", "amortized", "check_consistency", "interpolate", "rate_smoothing"):
             check_bool(name, getattr(self, name))
-        for name in ("foreach", "fused", "distributed"):
+        for name in ("foreach", "fused", "distributed", "average"):
             check_bool(name, getattr(self, name), allow_none=True)
         for name, allowed in (
             ("growth_per", GROWTH_PER),
@@ -185,6 +194,9 @@ class ALSALSConfig:
             ascent_handling=self.ascent_handling,
             growth_per=self.growth_per,
             initial_step_size=float(self.initial_step_size),
+            interpolate=self.interpolate,
+            max_increase=float(self.max_increase),
+            rate_smoothing=self.rate_smoothing,
         )
 
     @cached_property
@@ -193,6 +205,12 @@ class ALSALSConfig:
         if not self.amortized:
             return None
         return AmortizationConfig(max_interval=self.max_search_interval, rule=self.search_interval_rule)
+
+    @property
+    def averages(self) -> bool:
+        """Whether the optimizer keeps the anytime average of its iterates (:mod:`alsals.averaging`):
+        ``average``, or when that is ``None``, whenever the run's length is not known."""
+        return self.average if self.average is not None else self.total_steps is None
 
     def anneal_factor(self, step: int) -> float:
         """The built-in anneal factor ``a(t)`` of the committed step (1 without ``total_steps``)."""

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import distributed, kernels
+from . import averaging, distributed, kernels
 from ._validation import check_range
 from .closure import CLOSURE_REQUIRED_MESSAGE, ClosureEvaluator, ModuleCache
 from .config import ALSALSConfig, resolve_config
@@ -195,7 +195,17 @@ class ALSALS(Optimizer):
         growth: ``γ``, growth of the carried step size (1/0.999, per step or per search: ``growth_per``).
         growth_per: ``"step"`` (the carried step size grows at every step) or ``"search"`` (only
             when a search starts; amortized steps use the grown size without keeping it).
-        backtrack: ``β_b``, shrink factor of a rejected trial (0.9).
+        backtrack: ``β_b``, shrink factor of a rejected trial (0.9); the largest one with ``interpolate``.
+        interpolate: a rejected trial's next step size from the quadratic model of the batch loss along
+            ``d`` fitted to that trial, safeguarded to ``[0.1, β_b]`` times it
+            (:func:`~alsals.search.next_cut`).
+        max_increase: two-way search: when the first trial is accepted and the quadratic model puts
+            the Armijo boundary at least twice further, one larger trial (at most ``max_increase``
+            times the first) is tried and kept if it passes (:func:`~alsals.search.backtrack`);
+            ``1.0``: the search only shrinks.
+        rate_smoothing: smooth the decrease per unit step ``Δ/η`` and test ``r' ≥ c_eff·s`` instead of the
+            paper's ``h' ≥ c_eff·η·s`` (the same at a constant ``η``; see
+            :class:`~alsals.search.SearchConfig`).
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
         min_step_size, max_step_size: bounds of the step size (1e-10, 10).
@@ -217,6 +227,10 @@ class ALSALS(Optimizer):
         anneal_fraction: the share of the run spent decaying with ``"wsd"`` (0.2).
         total_steps: the run's length in optimizer steps, when known: the committed step is then
             annealed (:mod:`alsals.anneal`). ``None`` (default): no anneal.
+        average: keep a polynomial-decay average of the iterates (:mod:`alsals.averaging`), which
+            :meth:`eval` puts into the parameters for evaluation and :meth:`train` takes out again.
+            ``None``: when ``total_steps`` is not given (the anytime counterpart of the anneal).
+            Costs one parameter-sized buffer.
         foreach: use the multi-tensor kernels (default: on, unless a parameter is on a device
             without them); ``False`` uses the single-tensor reference implementation.
         process_group, distributed: see :class:`~alsals.distributed.Reducer`. Under
@@ -269,6 +283,10 @@ class ALSALS(Optimizer):
         search_interval_rule: Optional[str] = None,
         anneal: Optional[str] = None,
         anneal_fraction: Optional[float] = None,
+        interpolate: Optional[bool] = None,
+        max_increase: Optional[float] = None,
+        rate_smoothing: Optional[bool] = None,
+        average: Optional[bool] = None,
         total_steps: Optional[int] = None,
         foreach: Optional[bool] = None,
         fused: Optional[bool] = None,
@@ -289,6 +307,8 @@ class ALSALS(Optimizer):
                 direction=direction, slope=slope, finite_difference_eps=finite_difference_eps,
                 amortized=amortized, max_search_interval=max_search_interval,
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
+                interpolate=interpolate, max_increase=max_increase, rate_smoothing=rate_smoothing,
+                average=average,
                 total_steps=total_steps, foreach=foreach, fused=fused, distributed=distributed,
                 check_consistency=check_consistency,
             ),
@@ -480,6 +500,11 @@ class ALSALS(Optimizer):
         """
         closure = self._checked_closure(closure, grad_scaler)
         state = self._search_state()
+        if state.averaged_in:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() was called after opt.eval(): the parameters hold the average of "
+                "the iterates, for evaluation. Call opt.train() before training on."
+            )
         step_plan = plan(state, self.config.search, self.config.amortization)
         evaluator = ClosureEvaluator(
             closure,
@@ -495,11 +520,78 @@ class ALSALS(Optimizer):
             with torch.no_grad():
                 outcome = self._take_step(evaluator, loss, step_plan, state, grad_scaler)
         state = self._search_state()  # with the device-side counts the step's read may have folded in
-        self._publish(advance(state, step_plan, outcome, self.config.search, self.config.amortization))
+        state = advance(state, step_plan, outcome, self.config.search, self.config.amortization)
+        if self.config.averages:
+            state = self._sample_average(state)
+        self._publish(state)
         if self.config.check_consistency:
             self._settle()
             distributed.check_consistency(self)
         return loss
+
+    # ------------------------------------------------------------------------------------------
+    # The anytime average of the iterates (no total_steps)
+    # ------------------------------------------------------------------------------------------
+
+    def _averaged_pairs(self, create: bool) -> Dict[Tuple[torch.device, torch.dtype], Tuple[List[Tensor], List[Tensor]]]:
+        """The parameters (local shards) and their averages, by device and dtype. ``create``: start
+        the average of a parameter that has none at its current value."""
+        pairs: Dict[Tuple[torch.device, torch.dtype], Tuple[List[Tensor], List[Tensor]]] = defaultdict(lambda: ([], []))
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p] if create else self.state.get(p, {})
+                if "average" not in state:
+                    if not create:
+                        continue
+                    state["average"] = p.detach().clone(memory_format=torch.preserve_format)
+                param, average = cast(Tensor, local_tensor(p.detach())), cast(Tensor, local_tensor(state["average"]))
+                params, averages = pairs[(param.device, param.dtype)]
+                params.append(param)
+                averages.append(average)
+        return pairs
+
+    def _sample_average(self, state: SearchState) -> SearchState:
+        """Fold the parameters after step ``state.steps`` into their average, when a sample is due."""
+        gamma = averaging.exponent(self.config.anneal_fraction)
+        if not averaging.is_due(state.steps, state.average_step, gamma):
+            return state
+        weight, total = averaging.sample_weight(state.steps, state.average_step, state.average_weight, gamma)
+        with torch.no_grad():
+            for params, averages in self._averaged_pairs(create=True).values():
+                if self._use_foreach(params):
+                    torch._foreach_lerp_(averages, params, weight)
+                else:
+                    for average, param in zip(averages, params):
+                        average.lerp_(param, weight)
+        return replace(state, average_weight=total, average_step=state.steps)
+
+    def _swap_average(self) -> None:
+        with torch.no_grad():
+            for params, averages in self._averaged_pairs(create=False).values():
+                for param, average in zip(params, averages):
+                    iterate = param.clone()
+                    param.copy_(average)
+                    average.copy_(iterate)
+
+    def eval(self) -> None:
+        """Put the average of the iterates into the parameters, for evaluation (as schedule-free
+        optimizers do; the Hugging Face ``Trainer`` calls this before evaluating). Does nothing
+        without an average (``total_steps`` given, or ``average=False``) or when already done.
+        Call :meth:`train` before the next :meth:`step`. BatchNorm statistics are those of the
+        iterates."""
+        state = self._search_state()
+        if state.averaged_in or state.average_step == 0:
+            return
+        self._swap_average()
+        self._publish(replace(state, averaged_in=True))
+
+    def train(self) -> None:
+        """Put the iterates back into the parameters after :meth:`eval` (otherwise does nothing)."""
+        state = self._search_state()
+        if not state.averaged_in:
+            return
+        self._swap_average()
+        self._publish(replace(state, averaged_in=False))
 
     def _checked_closure(self, closure: Optional[Callable[[], Any]], grad_scaler: Optional[Any]) -> Callable[[], Any]:
         if closure is None:

@@ -61,6 +61,17 @@ class SearchConfig:
         growth_per: ``"step"`` (the carried step size grows at every step) or ``"search"`` (only when a
             search starts; amortized steps use the grown size without keeping it).
         initial_step_size: ``η0``, where the first search starts.
+        interpolate: a rejected trial's next step size comes from the quadratic model of the loss
+            along ``d`` (:func:`boundary_ratio`), safeguarded to ``[MIN_CUT, backtrack]`` times the
+            trial; ``False``: always ``backtrack`` times it.
+        max_increase: when the first trial is accepted and the quadratic model puts the Armijo boundary
+            at least ``INCREASE_THRESHOLD`` times further, one larger trial, at most ``max_increase``
+            times the first, is tried (a two-way search); ``1.0``: the search only ever shrinks.
+        rate_smoothing: smooth the decrease per unit step, ``r ← β_s·r + (1 − β_s)·Δ/η``, and test
+            ``r' ≥ c_eff·s``, instead of the paper's ``h' = β_s·h + (1 − β_s)·Δ ≥ c_eff·η·s``. The two are
+            the same while ``η`` is constant; the paper's mixes decreases measured at earlier step
+            sizes with the current one, so after ``η`` changes it lags for about ``1/(1 − β_s)``
+            searches (a larger step cannot pass, a smaller one passes on credit).
     """
 
     c: float = 0.5
@@ -73,6 +84,9 @@ class SearchConfig:
     ascent_handling: bool = True
     growth_per: str = "step"
     initial_step_size: float = 0.1
+    interpolate: bool = False
+    max_increase: float = 1.0
+    rate_smoothing: bool = False
 
     def __post_init__(self) -> None:
         check_range("c", self.c, 0.0, 1.0, low_open=True, high_open=True)
@@ -88,6 +102,9 @@ class SearchConfig:
         check_int("max_backtracks", self.max_backtracks, 0)
         check_bool("ascent_handling", self.ascent_handling)
         check_choice("growth_per", self.growth_per, GROWTH_PER)
+        check_bool("interpolate", self.interpolate)
+        check_bool("rate_smoothing", self.rate_smoothing)
+        check_range("max_increase", self.max_increase, 1.0, math.inf, low_open=False, high_open=True)
 
     def clamp(self, step_size: float) -> float:
         """``step_size`` limited to ``[min_step_size, max_step_size]``."""
@@ -113,6 +130,21 @@ def effective_c(c: float, smoothed_slope: float, ascent_handling: bool) -> float
 def armijo_holds(smoothed_decrease: float, step_size: float, c_eff: float, smoothed_slope: float) -> bool:
     """The smoothed Armijo condition ``h' ≥ c_eff·η·s``."""
     return smoothed_decrease >= c_eff * step_size * smoothed_slope
+
+
+def smoothed_candidate(smoothed_decrease: float, decrease: float, step_size: float, config: SearchConfig) -> float:
+    """The carried EMA with this trial's decrease in it: ``h'`` of ``Δ``, or with ``rate_smoothing``
+    ``r'`` of ``Δ/η``."""
+    value = decrease / step_size if config.rate_smoothing else decrease
+    return smooth(smoothed_decrease, value, config.smoothing)
+
+
+def condition_holds(candidate: float, step_size: float, c_eff: float, smoothed_slope: float, config: SearchConfig) -> bool:
+    """The smoothed Armijo condition the search tests: ``h' ≥ c_eff·η·s``, or with ``rate_smoothing``
+    ``r' ≥ c_eff·s``."""
+    if config.rate_smoothing:
+        return candidate >= c_eff * smoothed_slope
+    return armijo_holds(candidate, step_size, c_eff, smoothed_slope)
 
 
 class SearchStatus(str, Enum):
@@ -149,10 +181,97 @@ class SearchResult:
     status: SearchStatus
     #: closure evaluations spent on trials (at least 1)
     trials: int
-    #: shrinks of the step size (``trials − 1``)
+    #: shrinks of the step size
     backtracks: int
     #: trials whose loss was not finite
     nonfinite_trials: int
+    #: accepted increases of the step size beyond the first trial (0 or 1)
+    increases: int = 0
+    #: a two-way search left the step size at least ``INCREASE_THRESHOLD`` below the batch's Armijo
+    #: boundary (its increase was held back by the smoothed condition, or rejected): not confirmed
+    unconfirmed: bool = False
+
+
+#: the smallest factor an interpolated cut may take (the safeguard of Nocedal & Wright's
+#: interpolating backtracking, "Numerical Optimization", §3.5): at most a decade per rejected trial
+MIN_CUT = 0.1
+#: a larger trial is worth a closure evaluation only when the quadratic model puts the boundary of the
+#: smoothed Armijo condition at least this factor above the accepted step; below it the accepted step
+#: is within a factor 2 of the boundary and counts as confirmed (the amortized search then lengthens
+#: its interval)
+INCREASE_THRESHOLD = 2.0
+
+
+def boundary_ratio(
+    decrease: Optional[float],
+    step_size: float,
+    slope: float,
+    smoothed_slope: float,
+    smoothed_decrease: float,
+    c_eff: float,
+    smoothing: float,
+    rate_smoothing: bool = False,
+) -> Optional[float]:
+    """Where the quadratic model of one trial puts the boundary of the smoothed Armijo condition,
+    relative to the trial's step size.
+
+    Along the direction the batch loss is ``f(w − x·d) ≈ f(w) − x·D + ½·κ·x²``; a trial at ``η`` with
+    decrease ``Δ`` gives ``κ = 2·(η·D − Δ)/η²``. The condition the search tests at a step size ``x``,
+    ``β_s·h + (1 − β_s)·Δ(x) ≥ c_eff·x·s``, is then ``β_s·h − b·x − a·x² ≥ 0`` with
+    ``a = ½·(1 − β_s)·κ`` and ``b = c_eff·s − (1 − β_s)·D``; its largest root ``x*`` is the boundary and
+    the result is ``x*/η``. Without smoothing (``β_s = 0``, ``s = D``) this is the classical
+    ``x* = 2·(1 − c)·D/κ``. With smoothing the carried ``h`` weighs in: a step far larger than the ones
+    that built ``h`` cannot pass at once, however flat the loss (with ``β_s = 0.9`` and ``c = 0.5``, at
+    most about 2.25 times the step that built it). With ``rate_smoothing`` the condition
+    ``β_s·r + (1 − β_s)·(D − ½·κ·x) ≥ c_eff·s`` is linear in ``x``: ``x* = 2·(β_s·r + (1 − β_s)·D −
+    c_eff·s)/((1 − β_s)·κ)``, and no lag limits it.
+
+    ``None`` where the model does not apply: a non-finite trial or a direction that is not downhill
+    (``D ≤ 0``). ``inf`` when the trial saw no curvature (``κ ≤ 0``: the model has no boundary), ``0.0``
+    when no positive step passes.
+    """
+    if decrease is None or not slope > 0.0 or not step_size > 0.0:
+        return None
+    curvature = 2.0 * (step_size * slope - decrease) / (step_size * step_size)
+    if not math.isfinite(curvature):
+        return None
+    if curvature <= 0.0:
+        return math.inf
+    if rate_smoothing:
+        margin = smoothing * smoothed_decrease + (1.0 - smoothing) * slope - c_eff * smoothed_slope
+        return max(2.0 * margin / ((1.0 - smoothing) * curvature), 0.0) / step_size
+    a = 0.5 * (1.0 - smoothing) * curvature
+    b = c_eff * smoothed_slope - (1.0 - smoothing) * slope
+    h0 = smoothing * smoothed_decrease
+    discriminant = b * b + 4.0 * a * h0
+    if discriminant < 0.0:
+        return 0.0
+    root_of_discriminant = math.sqrt(discriminant)
+    # the larger root of a·x² + b·x − β_s·h, in the form that does not cancel for small a
+    root = 2.0 * h0 / (b + root_of_discriminant) if b > 0.0 else (root_of_discriminant - b) / (2.0 * a)
+    return max(root, 0.0) / step_size
+
+
+def next_cut(
+    decrease: Optional[float],
+    step_size: float,
+    slope: float,
+    smoothed_slope: float,
+    smoothed_decrease: float,
+    c_eff: float,
+    config: SearchConfig,
+) -> float:
+    """The factor by which a rejected trial's step size shrinks: ``backtrack``, or with ``interpolate``
+    the model's boundary ratio (:func:`boundary_ratio`) clipped to ``[MIN_CUT, backtrack]``
+    (``backtrack`` where the model does not apply)."""
+    if not config.interpolate:
+        return config.backtrack
+    ratio = boundary_ratio(
+        decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config.smoothing, config.rate_smoothing
+    )
+    if ratio is None:
+        return config.backtrack
+    return min(config.backtrack, max(MIN_CUT, ratio))
 
 
 def backtrack(
@@ -181,9 +300,18 @@ def backtrack(
         decrease_at: evaluates a trial at a new step size and returns its decrease (``None`` when the
             loss is not finite). Called at most ``max_backtracks`` times.
 
+    Two-way search (``config.max_increase > 1``): when the *first* trial is accepted and the quadratic
+    model of it (:func:`boundary_ratio`) puts the boundary of the smoothed condition at ``ρ ≥
+    INCREASE_THRESHOLD`` times the trial, one more trial at ``η·min(β_b·ρ, max_increase)`` is evaluated
+    and kept if the condition holds there too (``increases = 1``); otherwise the first trial stands
+    (``unconfirmed`` when the batch's own boundary is that far away). So the accepted step size can
+    grow towards the boundary instead of only by the growth factor. Cuts of a rejected trial follow
+    :func:`next_cut` (a fixed factor, or the model's interpolation).
+
     Returns:
-        The decision. The caller's parameters sit at the final trial point; it commits them when
-        ``result.status.commits`` and otherwise moves back to the start.
+        The decision. The caller's parameters sit at the last trial point (with a rejected increase,
+        not the accepted one); it commits ``result.step_size`` when ``result.status.commits`` and
+        otherwise moves back to the start.
     """
     c_eff = effective_c(config.c, smoothed_slope, config.ascent_handling)
     decrease = first_decrease
@@ -192,20 +320,64 @@ def backtrack(
         if decrease is None:
             nonfinite += 1
         else:
-            candidate = smooth(smoothed_decrease, decrease, config.smoothing)
+            candidate = smoothed_candidate(smoothed_decrease, decrease, step_size, config)
             if slope == 0.0:
                 return SearchResult(step_size, candidate, SearchStatus.ZERO_SLOPE, trials, trials - 1, nonfinite)
-            if armijo_holds(candidate, step_size, c_eff, smoothed_slope):
-                return SearchResult(step_size, candidate, SearchStatus.ACCEPTED, trials, trials - 1, nonfinite)
+            if condition_holds(candidate, step_size, c_eff, smoothed_slope, config):
+                accepted = SearchResult(step_size, candidate, SearchStatus.ACCEPTED, trials, trials - 1, nonfinite)
+                if trials == 1 and config.max_increase > 1.0:
+                    return _try_increase(accepted, decrease, slope, smoothed_slope, smoothed_decrease, c_eff, config, decrease_at)
+                return accepted
             if decrease == 0.0:
                 return SearchResult(step_size, candidate, SearchStatus.UNRESOLVABLE, trials, trials - 1, nonfinite)
         if trials - 1 >= config.max_backtracks or step_size <= config.min_step_size:
             if decrease is None:
                 return SearchResult(step_size, smoothed_decrease, SearchStatus.FAILED, trials, trials - 1, nonfinite)
             return SearchResult(step_size, candidate, SearchStatus.GAVE_UP, trials, trials - 1, nonfinite)
-        step_size = max(step_size * config.backtrack, config.min_step_size)
+        cut = next_cut(decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config)
+        step_size = max(step_size * cut, config.min_step_size)
         decrease = decrease_at(step_size)
         trials += 1
+
+
+def _try_increase(
+    accepted: SearchResult,
+    decrease: float,
+    slope: float,
+    smoothed_slope: float,
+    smoothed_decrease: float,
+    c_eff: float,
+    config: SearchConfig,
+    decrease_at: Callable[[float], Optional[float]],
+) -> SearchResult:
+    """The increase of a two-way search after an accepted first trial (see :func:`backtrack`).
+
+    Two models of the first trial decide: the batch's own boundary (the unsmoothed condition,
+    ``raw``) says whether the step size is confirmed, and the boundary of the smoothed condition the
+    search actually tests (``smoothed``; it lags behind a growing step size, see
+    :func:`boundary_ratio`) says whether a larger trial can pass and where to put it: at ``β_b`` of
+    that boundary, at most ``max_increase`` times the first trial."""
+    step_size = accepted.step_size
+    raw = boundary_ratio(decrease, step_size, slope, slope, 0.0, config.c, 0.0)
+    if raw is None or raw < INCREASE_THRESHOLD:
+        return accepted  # the accepted step is within a factor INCREASE_THRESHOLD of the boundary
+    accepted = replace(accepted, unconfirmed=True)
+    smoothed = boundary_ratio(
+        decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config.smoothing, config.rate_smoothing
+    )
+    if smoothed is None or smoothed < INCREASE_THRESHOLD:
+        return accepted  # held back by the smoothed condition: search again soon
+    larger = min(step_size * min(config.backtrack * smoothed, config.max_increase), config.max_step_size)
+    if larger <= step_size:
+        return accepted
+    larger_decrease = decrease_at(larger)
+    accepted = replace(accepted, trials=accepted.trials + 1)
+    if larger_decrease is None:
+        return replace(accepted, nonfinite_trials=accepted.nonfinite_trials + 1)
+    candidate = smoothed_candidate(smoothed_decrease, larger_decrease, larger, config)
+    if condition_holds(candidate, larger, c_eff, smoothed_slope, config):
+        return replace(accepted, step_size=larger, smoothed_decrease=candidate, increases=1, unconfirmed=False)
+    return accepted
 
 
 @dataclass(frozen=True)
@@ -247,22 +419,24 @@ class AmortizationConfig:
         check_choice("search_interval_rule", self.rule, INTERVAL_RULES)
 
 
-def next_interval(previous: int, backtracks: int, committed: bool, max_interval: int, halve: bool = False) -> int:
-    """The interval to the next search after a search with ``backtracks`` cuts of the step size.
+def next_interval(previous: int, adjustments: int, committed: bool, max_interval: int, halve: bool = False) -> int:
+    """The interval to the next search after a search that changed the step size ``adjustments`` times
+    (its cuts, plus its accepted increase in a two-way search).
 
-    ``min(2·L, max_interval)`` after a search that accepted its first trial; ``1`` after a search that
-    did not commit (gave up, or failed). After a search that committed after cutting the step size:
-    ``1`` (the ``"doubling"`` rule), or ``max(1, ⌊L / 2^backtracks⌋)`` (``halve``: the ``"halving"``
-    rule, each cut halves the interval).
+    ``min(2·L, max_interval)`` after a search that confirmed the carried step size (it accepted its
+    first trial and did not increase it); ``1`` after a search that did not commit (gave up, or
+    failed). After a search that committed after adjusting the step size: ``1`` (the ``"doubling"``
+    rule), or ``max(1, ⌊L / 2^adjustments⌋)`` (``halve``: the ``"halving"`` rule, each adjustment
+    halves the interval).
     """
     previous = max(previous, 1)
     if not committed:
         return 1
-    if backtracks == 0:
+    if adjustments == 0:
         return min(2 * previous, max_interval)
     if not halve:
         return 1
-    return max(1, previous >> min(backtracks, 62))
+    return max(1, previous >> min(adjustments, 62))
 
 
 def search_interval(fast_average: float, slow_average: float, max_interval: int) -> int:
@@ -288,6 +462,7 @@ COUNTER_KEYS = (
     "backward_passes",
     "searches",
     "backtracks",
+    "increases",
     "rejected_nonfinite",
     "skipped_searches",
     "skipped_steps",
@@ -312,6 +487,9 @@ class SearchState:
         steps ... gave_up: the counters (:data:`COUNTER_KEYS`).
         last_loss, last_trials, last_status, last_anneal: the report of the last step (its first loss,
             averaged over the ranks; its trial evaluations; how it ended; the anneal factor used).
+        average_weight, average_step: the total weight of the iterate average's samples and the step
+            of the last one (:mod:`alsals.averaging`; 0 when no average is kept).
+        averaged_in: the parameters hold the average (``opt.eval()``) instead of the iterate.
     """
 
     step_size: float
@@ -326,6 +504,7 @@ class SearchState:
     backward_passes: int = 0
     searches: int = 0
     backtracks: int = 0
+    increases: int = 0
     rejected_nonfinite: int = 0
     skipped_searches: int = 0
     skipped_steps: int = 0
@@ -334,6 +513,9 @@ class SearchState:
     last_trials: int = 0
     last_status: str = ""
     last_anneal: float = 1.0
+    average_weight: float = 0.0
+    average_step: int = 0
+    averaged_in: bool = False
 
     @classmethod
     def initial(cls, config: SearchConfig) -> "SearchState":
@@ -493,6 +675,7 @@ def advance(
         smoothed_decrease=result.smoothed_decrease if status.commits else state.smoothed_decrease,
         searches=state.searches + 1,
         backtracks=state.backtracks + result.backtracks,
+        increases=state.increases + result.increases,
         rejected_nonfinite=state.rejected_nonfinite + result.nonfinite_trials,
         gave_up=state.gave_up + (status in (SearchStatus.GAVE_UP, SearchStatus.FAILED)),
     )
@@ -500,8 +683,11 @@ def advance(
         return searched
     if amortization.rule in ("doubling", "halving"):
         committed = status.commits and status is not SearchStatus.GAVE_UP
+        # An increase, or a step size left well below the batch's boundary, says the carried step size
+        # was off, as a cut does: each shortens the interval.
+        adjustments = result.backtracks + result.increases + int(result.unconfirmed)
         interval = next_interval(
-            state.search_interval, result.backtracks, committed, amortization.max_interval,
+            state.search_interval, adjustments, committed, amortization.max_interval,
             halve=amortization.rule == "halving",
         )
         return replace(searched, search_interval=interval, steps_until_search=interval - 1)
