@@ -2,21 +2,27 @@
 
 One figure per task, ``plots/<task>.png``, four panels: batch loss vs steps, vs training seconds, vs
 forward equivalents, and the step size vs steps (log y). Curves are means over seeds of the binned
-batch loss. Of the tuned-Adam grid only the best learning rate (by val loss) is drawn.
+batch loss. Of the tuned grids only the two selected points of each (best by train loss, best by
+validation metric) are drawn; of the other optimizers those in :data:`PLOTTED`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .report import ADAM_BEST, entries_for_task, num, tasks_in  # noqa: E402
+from . import compare  # noqa: E402
+from .stats import num  # noqa: E402
+
+#: the optimizers drawn besides the tuned selections
+PLOTTED = ("alsals", "alsals-anytime", "alsals-paper", "salsa-ref", "salsa-ref-anneal", "sls-anneal",
+           "prodigy", "dog")
 
 
 def _mean_curves(runs: Sequence[dict]) -> dict | None:
@@ -34,27 +40,28 @@ def _mean_curves(runs: Sequence[dict]) -> dict | None:
     return out
 
 
-def _style(i: int, key: str) -> dict:
+def _style(key: str) -> dict:
     if key.startswith("alsals"):
         return {"linewidth": 2.2, "zorder": 5}
-    if key == ADAM_BEST:  # the tuned-Adam reference (not the authors' AdamSLS, also "adam…")
-        return {"linewidth": 1.8, "linestyle": "--", "color": "black", "zorder": 4}
+    if key.startswith("adamw"):
+        return {"linewidth": 1.8, "linestyle": "--", "color": "black" if "train" in key else "dimgray", "zorder": 4}
+    if key.startswith("sfadamw"):
+        return {"linewidth": 1.4, "linestyle": ":", "zorder": 3}
     return {"linewidth": 1.1, "alpha": 0.9}
 
 
-def plot_task(task: str, task_runs: Sequence[dict], path: str) -> str:
-    entries = entries_for_task(task_runs)
+def plot_task(task: str, ts: dict, path: str) -> str:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     (ax_steps, ax_secs), (ax_fwd, ax_ss) = axes
     any_loss = False
-    for i, (key, e) in enumerate(entries.items()):
-        if key.startswith("adam-tuned") and key != ADAM_BEST:
+    for key, e in ts["entries"].items():
+        if e["reference"] is None and key not in PLOTTED:
             continue
-        c = _mean_curves(e["runs"])
+        c = _mean_curves(list(e["runs"].values()))
         if not c or "loss" not in c:
             continue
-        label = e["label"].replace(ADAM_BEST, "adam tuned, best") if key == ADAM_BEST else e["label"]
-        st = _style(i, key)
+        label = key if e["reference"] is None else f"{key}, lr {e['reference'].point.lr:g}"
+        st = _style(key)
         loss = [v if math.isfinite(v) else float("nan") for v in c["loss"]]
         ax_steps.plot(c["step"], loss, label=label, **st)
         if "seconds" in c:
@@ -78,13 +85,13 @@ def plot_task(task: str, task_runs: Sequence[dict], path: str) -> str:
     ax_steps.set_title("loss vs steps")
     ax_secs.set_title("loss vs wall seconds")
     ax_fwd.set_title("loss vs forward equivalents")
-    ax_ss.set_title("accepted step size vs steps (not all on the same scale)")
+    ax_ss.set_title("step size vs steps (not all on the same scale)")
     if any_loss:
         handles, labels = ax_steps.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(6, max(1, len(labels))), fontsize=8)
-    fig.suptitle(task)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    fig.savefig(path, dpi=90)
+        fig.legend(handles, labels, loc="lower center", ncol=min(5, max(1, len(labels))), fontsize=8)
+    fig.suptitle(f"{task} ({ts['split']} split)")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
@@ -94,8 +101,8 @@ def plot_all(runs: Sequence[dict], out_dir: str) -> dict[str, str]:
     folder = os.path.join(out_dir, "plots")
     os.makedirs(folder, exist_ok=True)
     paths = {}
-    for task in tasks_in(runs):
-        task_runs = [r for r in runs if r["task"] == task]
+    summary = compare.summarize(runs)
+    for task, ts in summary["tasks"].items():
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in task)
-        paths[task] = plot_task(task, task_runs, os.path.join(folder, f"{safe}.png"))
+        paths[task] = plot_task(task, ts, os.path.join(folder, f"{safe}.png"))
     return paths

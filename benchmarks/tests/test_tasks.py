@@ -1,4 +1,4 @@
-"""The benchmark tasks of ``alsals.bench.tasks``: registry, seeding, batches, loss, evaluation.
+"""The benchmark tasks of ``alsals_bench.tasks``: registry, seeding, batches, loss, evaluation.
 
 These tests read the datasets through the normal cache (``$ALSALS_CACHE_DIR`` or the user cache),
 as the benchmark does; the first run parses them once.
@@ -6,6 +6,7 @@ as the benchmark does; the first run parses them once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import subprocess
@@ -14,15 +15,16 @@ import sys
 import pytest
 import torch
 
-from alsals.bench.api import Task, TaskInstance
-from alsals.bench.tasks import TASKS, get_task
+from alsals_bench.api import Task, TaskInstance
+from alsals_bench.tasks import TASKS, get_task, tasks_of_split
 
-EXPECTED_ORDER = [
-    "digits_mlp", "mnist_cnn", "mnist1d_cnn", "bbc_transformer", "shakespeare_gpt",
-    "shakespeare_hf_gpt2",
-]
+DEV = ["digits_mlp", "mnist_cnn", "mnist1d_cnn", "bbc_transformer", "shakespeare_gpt", "shakespeare_hf_gpt2"]
+TEST = ["mnist_resnet", "mnist_vit", "bbc_gru", "bbc_lstm_lm", "breast_cancer_mlp", "diabetes_mlp"]
+EXPECTED_ORDER = DEV + TEST
+METRICS = {"classification": ("accuracy", True), "regression": ("mse", False),
+           "language_model": ("nats_per_byte", False)}
 #: a learning rate for the short Adam run of each task (30 steps)
-SHORT_RUN_LR = {"bbc_transformer": 3e-3}
+SHORT_RUN_LR = {"bbc_transformer": 3e-3, "bbc_gru": 1e-2, "bbc_lstm_lm": 3e-3}
 SHORT_RUN_STEPS = 30
 
 
@@ -65,6 +67,27 @@ def test_registry_order_and_lookup():
         assert get_task(name) is task
 
 
+def test_the_six_first_tasks_are_the_dev_split_and_the_new_ones_the_test_split():
+    assert tasks_of_split("dev") == DEV
+    assert tasks_of_split("test") == TEST
+    # the test split covers the four families
+    assert {TASKS[n].family for n in TEST} == {"image", "tabular", "text", "language_model"}
+
+
+def test_the_recipe_follows_the_architecture():
+    for name, task in TASKS.items():
+        transformer = name in ("bbc_transformer", "shakespeare_gpt", "shakespeare_hf_gpt2", "mnist_vit")
+        assert task.transformer is transformer, name
+        assert task.weight_decay == (0.1 if transformer else 0.01)
+        assert task.grad_clip == (1.0 if transformer else None)
+    assert {n for n, t in TASKS.items() if t.batchnorm} == {"mnist_cnn", "mnist_resnet"}
+
+
+def test_a_task_must_declare_a_known_split():
+    with pytest.raises(ValueError, match="split"):
+        dataclasses.replace(TASKS["digits_mlp"], split="train")
+
+
 def test_unknown_task_lists_the_valid_names():
     with pytest.raises(ValueError) as caught:
         get_task("cifar_resnet")
@@ -75,18 +98,14 @@ def test_unknown_task_lists_the_valid_names():
 @pytest.mark.parametrize("name", EXPECTED_ORDER)
 def test_task_fields_are_consistent(name):
     task = TASKS[name]
-    if task.kind == "classification":
-        assert (task.metric, task.metric_higher_is_better) == ("accuracy", True)
-    else:
-        assert task.kind == "language_model"
-        assert (task.metric, task.metric_higher_is_better) == ("nats_per_byte", False)
+    assert (task.metric, task.metric_higher_is_better) == METRICS[task.kind]
     assert task.batch_size > 0 and task.target_loss > 0 and task.description
-    assert task.steps_full / 4 <= task.steps_quick <= task.steps_full / 3 + 1
+    assert task.steps_full / 6 <= task.steps_quick <= task.steps_full / 4
     assert pickle.loads(pickle.dumps(task)).build is task.build  # sent to workers by reference
 
 
 def test_importing_tasks_does_not_import_transformers():
-    code = "import sys, alsals.bench.tasks; assert 'transformers' not in sys.modules"
+    code = "import sys, alsals_bench.tasks; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -123,6 +142,8 @@ def test_batch_and_loss(name):
         assert torch.equal(inputs[:, 1:], targets[:, :-1])  # targets are the next bytes
     else:
         assert len(batch[1]) == task.batch_size
+        if task.kind == "regression":
+            assert batch[1].dtype == torch.float32
     loss = instance.loss(instance.model, batch)
     assert loss.dim() == 0 and loss.requires_grad and math.isfinite(loss.item())
     loss.backward()
@@ -142,7 +163,7 @@ def test_evaluate_keys_modes_and_determinism(name):
     last = list(model.modules())[-1]
     last.eval()  # a mixed state must be restored exactly
     modes = [m.training for m in model.modules()]
-    metric = "accuracy" if task.kind == "classification" else "nats_per_byte"
+    metric = task.metric
     for split in ("val", "test"):
         result = instance.evaluate(model, split)
         assert set(result) == {"loss", metric}
@@ -150,7 +171,7 @@ def test_evaluate_keys_modes_and_determinism(name):
         if metric == "accuracy":
             assert 0.0 <= result["accuracy"] <= 1.0
         else:
-            assert result["nats_per_byte"] == result["loss"]
+            assert result[metric] == result["loss"]
         assert instance.evaluate(model, split) == result
         assert [m.training for m in model.modules()] == modes
     model.eval()
@@ -162,7 +183,7 @@ def test_evaluate_keys_modes_and_determinism(name):
 
 
 def test_language_models_have_comparable_initial_nats_per_byte():
-    for name in ("shakespeare_gpt", "shakespeare_hf_gpt2"):
+    for name in ("shakespeare_gpt", "shakespeare_hf_gpt2", "bbc_lstm_lm"):
         instance = TASKS[name].build(0)
         nats = instance.evaluate(instance.model, "val")["nats_per_byte"]
         assert abs(nats - math.log(256)) < 0.1  # close to uniform over bytes at initialisation
@@ -189,3 +210,23 @@ def test_short_adam_run_lowers_the_training_loss(name):
             optimizer.step()
     after = _probe_loss(instance, probe)
     assert after < before - 0.02, (before, after)
+
+
+def test_the_gru_reads_words_the_dev_transformer_never_sees():
+    from alsals_bench import tasks
+
+    texts = ["w" + " w".join(str(i) for i in range(200))]
+    vocabulary = {f"w{i}": i + 2 for i in range(200)}
+    dev = tasks.encode_texts(texts, vocabulary, tasks.BBC_SEQ_LEN)
+    test = tasks.encode_texts(texts, vocabulary, tasks.BBC_GRU_LEN, offset=tasks.BBC_GRU_OFFSET)
+    assert not set(dev[0].tolist()) & set(test[0].tolist())
+    short = tasks.encode_texts(["only three words"], {}, 8, offset=64)
+    assert short[0].tolist() == [tasks.UNK_ID] + [tasks.PAD_ID] * 7  # never an all-padding row
+
+
+def test_the_lstm_corpus_is_not_a_dev_language_model_corpus():
+    from alsals_bench import data
+
+    bbc, plays = data.load_bbc_bytes(), data.load_shakespeare()
+    assert bytes(bbc.train[:2000]) not in bytes(plays.train)
+    assert len(bbc.test) > 100_000 and len(bbc.val) > 100_000

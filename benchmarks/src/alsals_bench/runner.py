@@ -27,6 +27,11 @@ Metrics (see :func:`run_one` for the record's keys):
   batch loss is ≤ ``task.target_loss``; ``seconds_to_target`` and ``fwd_equiv_to_target`` at that step.
 * ``diverged``: a non-finite batch loss (the run stops there), a crash of the optimizer, a non-finite
   final loss, or ``final_train_loss > 3 × initial_train_loss``.
+* ``forward_per_step`` / ``backward_per_step``: the harness's counts divided by the steps done.
+
+Provenance: ``provenance`` (git commit and dirty flag, package versions, machine; computed once by the
+command that launched the run) and ``optimizer_config`` (the constructed optimizer's full
+configuration, see :func:`alsals_bench.optimizers.optimizer_config`, and the recipe around it).
 * curves subsampled to at most ``curve_points`` bins: the mean batch loss per bin, and at the bin's
   last step the step size, the training seconds and the forward equivalents.
 """
@@ -38,18 +43,18 @@ import hashlib
 import math
 import multiprocessing as mp
 import os
-import platform
 import random
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import torch
 
 from .api import Task
-from .optimizers import GROUPS, OPTIMIZERS, make_adapter, resolve_optimizers
+from .optimizers import RunContext, get_spec, make_adapter
+from .provenance import provenance as current_provenance
 
 #: EMA factor of the per-step batch loss used for steps-to-target
 TARGET_EMA_BETA = 0.95
@@ -57,42 +62,6 @@ TARGET_EMA_BETA = 0.95
 DIVERGENCE_FACTOR = 3.0
 #: fraction of the last steps averaged into ``final_batch_loss_avg``
 FINAL_BATCH_FRACTION = 0.05
-
-QUICK_OPTIMIZERS = [
-    "alsals", "alsals-anytime", "alsals-paper", "sls", "salsa", "salsa-ref", "adam-tuned",
-    "prodigy", "dadapt-adam", "schedulefree-adamw", "dog",
-]
-FULL_OPTIMIZERS = QUICK_OPTIMIZERS + ["adamsls-ref"]
-
-
-@dataclass
-class Suite:
-    name: str
-    #: None: every registered task
-    tasks: list[str] | None
-    seeds: list[int]
-    #: "quick" -> ``task.steps_quick``; "full" -> ``task.steps_full``
-    steps_key: str
-    optimizers: list[str]
-    train_eval_examples: int = 1024
-    description: str = ""
-
-
-SUITES: dict[str, Suite] = {
-    "quick": Suite(
-        "quick", None, [0], "quick", QUICK_OPTIMIZERS, train_eval_examples=512,
-        description="every task, seed 0, steps_quick steps; ALSALS (told the run length, not told it, "
-                    "and with the paper's settings), the SLS and SaLSa presets, the "
-                    "authors' SaLSA, the 6-point tuned-Adam grid, Prodigy, D-Adapt Adam, "
-                    "schedule-free AdamW, DoG",
-    ),
-    "full": Suite(
-        "full", None, [0, 1, 2], "full", FULL_OPTIMIZERS, train_eval_examples=2048,
-        description="every task, seeds 0, 1, 2, steps_full steps; the quick suite's optimizers plus "
-                    "the authors' AdamSLS",
-    ),
-}
-
 
 # --------------------------------------------------------------------------------------------------
 # tasks
@@ -114,8 +83,8 @@ def unregister_task(name: str) -> None:
 
 def _registry_tasks() -> dict[str, Task]:
     try:
-        from . import tasks as task_module  # written separately; may be missing in a partial checkout
-    except ImportError as exc:
+        from . import tasks as task_module
+    except ImportError as exc:  # pragma: no cover - a partial checkout
         if getattr(exc, "name", None) not in (f"{__package__}.tasks", "tasks"):
             raise
         return {}
@@ -123,7 +92,7 @@ def _registry_tasks() -> dict[str, Task]:
 
 
 def available_tasks() -> dict[str, Task]:
-    """Every task by name: ``alsals.bench.tasks.TASKS`` plus tasks registered with :func:`register_task`."""
+    """Every task by name: ``alsals_bench.tasks.TASKS`` plus tasks registered with :func:`register_task`."""
     out = _registry_tasks()
     out.update(_EXTRA_TASKS)
     return out
@@ -136,27 +105,31 @@ def get_task(task: str | Task) -> Task:
         return _EXTRA_TASKS[task]
     tasks = _registry_tasks()
     if task not in tasks:
-        known = ", ".join(sorted(available_tasks())) or "(none: alsals.bench.tasks is missing)"
+        known = ", ".join(sorted(available_tasks())) or "(none: alsals_bench.tasks is missing)"
         raise KeyError(f"unknown task {task!r}; known tasks: {known}")
     return tasks[task]
 
 
 def resolve_tasks(names: Iterable[str] | None) -> list[str]:
-    """Check task names; ``None`` means every task of ``alsals.bench.tasks.TASKS`` (tasks registered with
-    :func:`register_task` run only when named)."""
+    """Check task names; ``None`` means every task of ``alsals_bench.tasks.TASKS`` (tasks registered with
+    :func:`register_task` run only when named). The names ``dev`` and ``test`` stand for every task
+    of that split."""
     known = available_tasks()
     if names is None:
         return list(_registry_tasks()) or list(known)
-    out = []
+    out: list[str] = []
     for n in names:
         n = n.strip()
         if not n:
             continue
-        if n not in known:
-            listing = ", ".join(sorted(known)) or "(none: alsals.bench.tasks is missing)"
-            raise KeyError(f"unknown task {n!r}; known tasks: {listing}")
-        if n not in out:
-            out.append(n)
+        if n in ("dev", "test"):
+            expanded = [t for t, task in _registry_tasks().items() if task.split == n]
+        elif n in known:
+            expanded = [n]
+        else:
+            listing = ", ".join(sorted(known)) or "(none: alsals_bench.tasks is missing)"
+            raise KeyError(f"unknown task {n!r}; known tasks: {listing} (or a split: dev, test)")
+        out += [t for t in expanded if t not in out]
     return out
 
 
@@ -298,8 +271,9 @@ def _skeleton(task_name, optimizer, seed, steps) -> dict:
         "steps_done": 0, "forward_calls": 0, "backward_calls": 0, "forward_equivalents": 0,
         "steps_to_target": None, "seconds_to_target": None, "fwd_equiv_to_target": None,
         "step_size_final": nan, "step_size_min": nan, "step_size_max": nan,
+        "forward_per_step": nan, "backward_per_step": nan,
         "optimizer_counters": {}, "init_weights_sha256": None, "batch_order_sha256": None,
-        "first_batch": None, "curves": {}, "config": {},
+        "first_batch": None, "curves": {}, "config": {}, "optimizer_config": {}, "provenance": {},
     }
 
 
@@ -321,24 +295,30 @@ def run_one(
     progress: bool = False,
     position: int = 0,
     threads: int = 1,
+    provenance: dict | None = None,
+    command: str | None = None,
 ) -> dict:
     """Train ``task`` with ``optimizer`` for ``steps`` steps (default: the task's quick or full count)
     and return the run's record (a JSON-able dict). Exceptions of the optimizer are recorded in the
-    record (``status == "error"``), not raised; unknown names raise ``KeyError``."""
+    record (``status == "error"``), not raised; unknown names raise ``KeyError``.
+
+    ``provenance`` (default: this process's, :func:`alsals_bench.provenance.provenance`) and
+    ``command`` (the command line that launched the run) are copied into the record."""
     task_obj = get_task(task)
-    if optimizer not in OPTIMIZERS:
-        resolve_optimizers([optimizer])
-    spec = OPTIMIZERS[optimizer]
+    spec = get_spec(optimizer)
     n_steps = _steps_for(task_obj, steps, steps_key)
     rec = _skeleton(task_obj.name, optimizer, seed, n_steps)
+    rec["split"] = task_obj.split
+    rec["family"] = spec.family
+    rec["grid"] = spec.grid
+    rec["grid_lr"] = spec.grid_lr
+    rec["provenance"] = provenance if provenance is not None else current_provenance()
+    rec["command"] = command
     rec["config"] = {
         "optimizer": {"name": optimizer, "family": spec.family, "protocol": spec.protocol,
-                      "description": spec.description, "hparams": dict(spec.hparams),
-                      "grid_lr": spec.grid_lr},
-        "task": {"name": task_obj.name, "kind": task_obj.kind, "description": task_obj.description,
-                 "batch_size": task_obj.batch_size, "target_loss": task_obj.target_loss,
-                 "metric": task_obj.metric, "metric_higher_is_better": task_obj.metric_higher_is_better,
-                 "notes": dict(task_obj.notes)},
+                      "description": spec.description, "grid": spec.grid, "grid_lr": spec.grid_lr,
+                      "knows_total_steps": spec.knows_total_steps},
+        "task": task_obj.describe(),
         "steps": n_steps, "steps_key": steps_key, "seed": int(seed), "threads": int(threads),
         "dropout_seed": dropout_seed(seed), "train_eval_examples": int(train_eval_examples),
         "target_ema_beta": TARGET_EMA_BETA, "divergence_factor": DIVERGENCE_FACTOR,
@@ -368,7 +348,12 @@ def run_one(
         model.train()
 
         sampler = BatchSampler(inst.n_train, task_obj.batch_size, seed)
-        adapter = make_adapter(optimizer, model, n_steps, sampler.per_epoch)
+        ctx = RunContext(total_steps=n_steps, n_batches_per_epoch=sampler.per_epoch,
+                         weight_decay=task_obj.weight_decay, grad_clip=task_obj.grad_clip,
+                         batchnorm=task_obj.batchnorm)
+        adapter = make_adapter(optimizer, model, ctx)
+        rec["optimizer_config"] = adapter.config()
+        rec["config"]["threads"] = torch.get_num_threads()
         _seed_everything(dropout_seed(seed))
 
         # ---- the counted closure ----------------------------------------------------------
@@ -440,6 +425,8 @@ def run_one(
         rec["forward_calls"] = counts["fwd"]
         rec["backward_calls"] = counts["bwd"]
         rec["forward_equivalents"] = counts["fwd"] + 2 * counts["bwd"]
+        rec["forward_per_step"] = counts["fwd"] / max(done, 1)
+        rec["backward_per_step"] = counts["bwd"] / max(done, 1)
         rec["batch_order_sha256"] = sampler.hash.hexdigest()
         rec["optimizer_counters"] = adapter.counters()
         if done:
@@ -513,6 +500,8 @@ def run_one(
 
 @dataclass
 class RunSpec:
+    """One run to do: task, optimizer, seed and how long."""
+
     task: str
     optimizer: str
     seed: int
@@ -520,10 +509,19 @@ class RunSpec:
     steps_key: str = "quick"
     train_eval_examples: int = 1024
     curve_points: int = 500
+    #: copied into the record: the launching command's provenance and command line
+    provenance: dict | None = None
+    command: str | None = None
 
     def kwargs(self) -> dict:
         return {"steps": self.steps, "steps_key": self.steps_key,
-                "train_eval_examples": self.train_eval_examples, "curve_points": self.curve_points}
+                "train_eval_examples": self.train_eval_examples, "curve_points": self.curve_points,
+                "provenance": self.provenance, "command": self.command}
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """``(task, optimizer, seed)``: what identifies a run's record."""
+        return (self.task, self.optimizer, int(self.seed))
 
     def label(self) -> str:
         return f"{self.task} {self.optimizer} seed {self.seed}"
@@ -709,57 +707,7 @@ def _run_pool(specs, jobs, progress, finish) -> None:
                 pending.append(i)
 
 
-# --------------------------------------------------------------------------------------------------
-# the machine
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _version(dist: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(dist)
-    except Exception:
-        return None
-
-
-def machine_info() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "packages": {d: _version(d) for d in (
-            "alsals", "numpy", "prodigyopt", "dadaptation", "schedulefree", "dog-optimizer",
-            "SaLSa-Optimizer", "transformers")},
-    }
-    try:
-        info["affinity_cpus"] = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        pass
-    return info
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 __all__ = [
-    "SUITES", "Suite", "RunSpec", "run_one", "run_many", "plan_runs", "register_task", "get_task",
-    "available_tasks", "resolve_tasks", "resolve_optimizers", "machine_info", "load_average",
-    "GROUPS", "OPTIMIZERS",
+    "RunSpec", "run_one", "run_many", "plan_runs", "register_task", "unregister_task", "get_task",
+    "available_tasks", "resolve_tasks", "dropout_seed", "train_subset", "BatchSampler",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alsals.bench.api import Task, TaskInstance
+from alsals_bench.api import Task, TaskInstance
 
 N_TRAIN, N_VAL, N_TEST, DIM, CLASSES = 384, 96, 96, 12, 3
 
@@ -58,6 +58,10 @@ def build(seed: int) -> TaskInstance:
                         evaluate=_Evaluate(splits))
 
 
+def build_dev(seed: int) -> TaskInstance:
+    return build(seed)
+
+
 def build_batchnorm(seed: int) -> TaskInstance:
     inst = build(seed)
     inst.model = nn.Sequential(nn.Linear(DIM, 32), nn.BatchNorm1d(32), nn.Tanh(), nn.Linear(32, CLASSES))
@@ -79,26 +83,36 @@ def _build_dies(seed: int) -> TaskInstance:
 
 
 TASK = Task(
-    name="synthetic", kind="classification",
+    name="synthetic", kind="classification", split="test", family="tabular",
     description=f"MLP with dropout on synthetic Gaussian data, {N_TRAIN} train / {N_VAL} val / {N_TEST} test",
     batch_size=32, steps_full=60, steps_quick=20, target_loss=0.9, metric="accuracy",
     metric_higher_is_better=True, build=build,
 )
 
 BROKEN_TASK = Task(
-    name="synthetic-broken", kind="classification", description="a task whose build raises",
+    name="synthetic-broken", kind="classification", split="test", family="tabular",
+    description="a task whose build raises",
     batch_size=32, steps_full=5, steps_quick=5, target_loss=0.1, metric="accuracy",
     metric_higher_is_better=True, build=_build_broken,
 )
 
 DYING_TASK = Task(
-    name="synthetic-dies", kind="classification", description="a task whose build kills the worker",
+    name="synthetic-dies", kind="classification", split="test", family="tabular",
+    description="a task whose build kills the worker",
     batch_size=32, steps_full=5, steps_quick=5, target_loss=0.1, metric="accuracy",
     metric_higher_is_better=True, build=_build_dies,
 )
 
 BATCHNORM_TASK = Task(
-    name="synthetic-bn", kind="classification", description="MLP with BatchNorm on synthetic data",
+    name="synthetic-bn", kind="classification", split="test", family="tabular", batchnorm=True,
+    description="MLP with BatchNorm on synthetic data",
     batch_size=32, steps_full=60, steps_quick=20, target_loss=0.9, metric="accuracy",
     metric_higher_is_better=True, build=build_batchnorm,
+)
+
+DEV_TASK = Task(
+    name="synthetic-dev", kind="classification", split="dev", family="tabular",
+    description="the synthetic task again, declared in the dev split",
+    batch_size=32, steps_full=60, steps_quick=20, target_loss=0.9, metric="accuracy",
+    metric_higher_is_better=True, build=build_dev,
 )

