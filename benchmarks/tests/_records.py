@@ -34,10 +34,11 @@ def record(task: str, optimizer: str, seed: int, train: float, test: float = 0.9
 
 def grid(task: str, family: str, losses: dict, seeds=(0, 1, 2), **kw) -> list[dict]:
     """Records of grid ``family`` on ``task``: ``losses`` maps lattice index -> train loss (or a
-    ``(train, val_metric)`` pair, the validation metric being 0.5 otherwise); the same for every seed."""
+    ``(train, val_metric)`` pair, the validation metric being 0.5 otherwise; the test metric equals
+    it unless ``test`` is given); the same for every seed."""
     out = []
     for k, value in losses.items():
         train, val = value if isinstance(value, tuple) else (value, 0.5)
         for s in seeds:
-            out.append(record(task, grid_name(family, k), s, train, val=val, **kw))
+            out.append(record(task, grid_name(family, k), s, train, val=val, **{"test": val, **kw}))
     return out

@@ -401,7 +401,7 @@ def summary_lines(runs: Sequence[dict]) -> list[str]:
         o, g = s.get("optimisation"), s.get("generalisation")
         if o:
             out.append(f"{split}: {compare.HEADLINE} train loss / AdamW (best by train): geo-mean {fmt(o['geomean'])} "
-                       f"over {o['n_tasks']} tasks (seed CI {fmt_interval(o['seed_interval'])}); "
+                       f"over {o['n_tasks']} task(s) (seed CI {fmt_interval(o['seed_interval'])}); "
                        + ", ".join(f"{t} {fmt(v)}" for t, v in o["per_task"].items()))
         if g:
             out.append(f"{split}: {compare.HEADLINE} test metric vs AdamW (best by val): "
