@@ -142,6 +142,21 @@ def test_context_records_of_the_rerun_optimizers_are_ignored():
     assert sorted(todo) == [(T, "alsals", s) for s in (0, 1, 2)]
 
 
+def test_rivals_run_on_the_rival_split_only():
+    from ._synthetic import DEV_TASK
+
+    runner.register_task(DEV_TASK)
+    suite = dataclasses.replace(SUITE, optimizers=("alsals", "prodigy"), grids={"adamw": (-8,), "sfadamw": (-7,)},
+                                core_optimizers=("alsals",), core_grids=("adamw",), rival_split="test")
+    todo = driver.plan(suite, [], [T, DEV_TASK.name])
+    dev = {o for t, o, _ in todo if t == DEV_TASK.name}
+    test = {o for t, o, _ in todo if t == T}
+    assert dev == {"alsals", "adamw-lr1e-4"}
+    assert test == {"alsals", "prodigy", "adamw-lr1e-4", "sfadamw-lr3e-4"}
+    assert suite.runs_on("prodigy", "test") and not suite.runs_on("prodigy", "dev")
+    assert SUITE.runs_on("prodigy", "dev")  # no rival split: everything everywhere
+
+
 def test_the_documented_suites_are_well_formed():
     full = driver.SUITES["full"]
     assert full.seeds == (0, 1, 2) and full.extra_seeds == (3, 4)
@@ -150,3 +165,16 @@ def test_the_documented_suites_are_well_formed():
     for name in ("salsa-ref", "salsa-ref-default", "salsa-ref-anneal", "sls-anneal", "salsa-anneal"):
         assert name in full.optimizers
     assert driver.SUITES["quick"].smoke and not full.smoke
+    assert full.rival_split == "test" and full.core_optimizers == ("alsals", "alsals-anytime")
+    assert not full.runs_on("sfadamw", "dev", grid=True) and full.runs_on("adamw", "dev", grid=True)
+
+
+def test_in_suite_keeps_the_suites_own_records_only():
+    full = driver.SUITES["full"]
+    assert driver.in_suite(full, record("x", "alsals", 4, 0.1, split="dev"))
+    assert driver.in_suite(full, record("x", "adamw-lr1e-5", 0, 0.1, split="dev"))
+    assert not driver.in_suite(full, record("x", "sfadamw-lr1e-3", 0, 0.1, split="dev"))
+    assert driver.in_suite(full, record("x", "sfadamw-lr1e-3", 0, 0.1, split="test"))
+    assert not driver.in_suite(full, record("x", "prodigy", 0, 0.1, split="dev"))
+    assert not driver.in_suite(full, record("x", "alsals-paper", 0, 0.1, split="test"))
+    assert not driver.in_suite(full, record("x", "alsals", 7, 0.1, split="test"))

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="results files or folders merged after DIR's own (a later record of the same "
                           "task, optimizer and seed replaces an earlier one)")
     rep.add_argument("--gzip", action="store_true", help="write results.json.gz instead of results.json")
+    rep.add_argument("--suite", choices=["quick", "full"],
+                     help="keep only the records this suite plans (e.g. drop runs of an aborted wider command)")
     rep.add_argument("--no-plots", action="store_true")
 
     ov = sub.add_parser("overhead", help="time per step vs torch.optim.Adam (foreach, fused, default loop)")
@@ -249,6 +251,12 @@ def report_command(args, parser) -> int:
             parser.error(f"report: no results in {args.out} (and nothing to --merge)")
     sources = _load_many(own + list(args.merge), parser)
     meta, runs = merge(sources)
+    if args.suite:
+        from .driver import SUITES, in_suite
+
+        kept = [r for r in runs if in_suite(SUITES[args.suite], r)]
+        meta["dropped_outside_suite"] = {"suite": args.suite, "records": len(runs) - len(kept)}
+        runs = kept
     name = RESULTS_FILE + (".gz" if args.gzip else "")
     paths = report.write_report(args.out, meta, runs, plots=not args.no_plots, results_name=name)
     print(f"wrote {paths['md']} and {paths['json']} ({len(runs)} runs)"

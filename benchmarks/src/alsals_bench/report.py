@@ -161,6 +161,10 @@ def header_markdown(meta: dict, runs: Sequence[dict], title: str | None = None) 
     lines.append(f"- **runs**: {len(runs)} ({cpu:.0f} s of CPU)")
     if meta.get("suite_description"):
         lines.append(f"- **suite**: {meta['suite_description']}")
+    dropped = meta.get("dropped_outside_suite")
+    if dropped and dropped.get("records"):
+        lines.append(f"- **kept**: the records the `{dropped['suite']}` suite plans ({dropped['records']} other "
+                     "records of the merged files left out)")
     if meta.get("sources"):
         lines.append("- **merged from**: " + ", ".join(
             f"`{s['source']}` ({s['kept']} of {s['records']} records kept)" for s in meta["sources"]))
