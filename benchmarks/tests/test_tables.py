@@ -21,7 +21,7 @@ DOCS = [ROOT / "docs" / "benchmarks.md", ROOT / "README.md"]
 
 def test_every_region_is_generated_for_both_splits():
     regions = tables.regions({"commands": ["cmd A"]}, _runs("dev", "d1") + _runs("test", "t1"))
-    for name in ("provenance", "setup", "grids", "readme-table", "summary-dev", "summary-test",
+    for name in ("provenance", "setup", "grids", "readme-table", "headline", "summary-dev", "summary-test",
                  "optimisation-dev", "optimisation-test", "generalisation-test", "seeds-test", "overhead"):
         assert name in regions, name
     assert "`cmd A`" in regions["provenance"]

@@ -256,6 +256,8 @@ def report_command(args, parser) -> int:
 
         kept = [r for r in runs if in_suite(SUITES[args.suite], r)]
         meta["dropped_outside_suite"] = {"suite": args.suite, "records": len(runs) - len(kept)}
+        meta.update(suite=args.suite, suite_description=SUITES[args.suite].description,
+                    smoke=SUITES[args.suite].smoke)
         runs = kept
     name = RESULTS_FILE + (".gz" if args.gzip else "")
     paths = report.write_report(args.out, meta, runs, plots=not args.no_plots, results_name=name)

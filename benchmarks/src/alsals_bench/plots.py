@@ -85,7 +85,7 @@ def plot_task(task: str, ts: dict, path: str) -> str:
     ax_steps.set_title("loss vs steps")
     ax_secs.set_title("loss vs wall seconds")
     ax_fwd.set_title("loss vs forward equivalents")
-    ax_ss.set_title("step size vs steps (not all on the same scale)")
+    ax_ss.set_title("step size vs steps (not all on one scale; ALSALS: searched, before its anneal)", fontsize=9)
     if any_loss:
         handles, labels = ax_steps.get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(5, max(1, len(labels))), fontsize=8)

@@ -25,6 +25,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 RUNS_FILE = "runs.jsonl"
+#: meta keys that describe one command (dropped from a merged file, which lists its commands instead)
+PER_COMMAND_META = ("command", "started", "finished", "wall_seconds", "loadavg_start", "loadavg_end",
+                    "interrupted", "steps_override", "context", "optimizers", "seeds", "tasks", "grids")
 RESULTS_FILE = "results.json"
 
 
@@ -158,14 +161,15 @@ def commands_of(meta: dict, runs: Sequence[dict]) -> list[str]:
 
 def merge(sources: Sequence[tuple[str, dict, list[dict]]]) -> tuple[dict, list[dict]]:
     """Merge ``(name, meta, runs)`` sources in order: a later record of the same key replaces an
-    earlier one. The merged meta keeps the first source's meta, lists every source and every
-    command whose runs survive, and counts the records each source contributed."""
+    earlier one. The merged meta keeps the first source's meta (less what describes one command:
+    :data:`PER_COMMAND_META`), lists every source and every command whose runs survive, and counts
+    the records each source contributed."""
     runs: list[dict] = []
     for _, _, source_runs in sources:
         runs += list(source_runs)
     merged = replace_by_key(runs)
     kept = {id(r) for r in merged}
-    meta = dict(sources[0][1]) if sources else {}
+    meta = {k: v for k, v in (sources[0][1] if sources else {}).items() if k not in PER_COMMAND_META}
     contributions = []
     commands: list[str] = []
     for name, source_meta, source_runs in sources:

@@ -17,12 +17,12 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from . import compare, report
+from . import compare, report, stats
 from .report import fmt, fmt_diff, fmt_interval, table
 
 #: the rows of the README's compact table
-README_ROWS = ("alsals", "alsals-anytime", "sfadamw (best by train)", "salsa-ref-anneal", "adamsls-ref-anneal",
-               "prodigy")
+README_ROWS = ("alsals", "alsals-anytime", "sfadamw (best by train)", "salsa-ref", "salsa-ref-anneal", "sls-anneal",
+               "prodigy", "dog")
 _REGION = re.compile(r"(<!-- bench:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -32,10 +32,27 @@ def _split_summary(summary: dict, split: str, name: str) -> dict | None:
 
 
 def _ratio_phrase(o: dict) -> str:
-    seed_cross = " (crosses 1)" if o["seed_interval_crosses_1"] else ""
-    task_cross = " (crosses 1)" if o["task_interval_crosses_1"] else ""
-    return (f"{fmt(o['geomean'])}× (seed 95% CI {fmt_interval(o['seed_interval'])}{seed_cross}; "
-            f"task 95% CI {fmt_interval(o['task_interval'])}{task_cross})")
+    seed_cross = ", crosses 1" if o["seed_interval_crosses_1"] else ""
+    task_cross = ", crosses 1" if o["task_interval_crosses_1"] else ""
+    task = (f"; task 95% CI {fmt_interval(o['task_interval'])}{task_cross}"
+            if stats.finite(o["task_interval"][0]) else "")
+    return f"{fmt(o['geomean'])}× (seed 95% CI {fmt_interval(o['seed_interval'])}{seed_cross}{task})"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _split_phrase(won: list, lost: list, mixed: list, per: dict) -> str:
+    """"lower on every seed of …; higher on every seed of …; the seeds split on …" (parts present)."""
+    parts = []
+    if won:
+        parts.append(f"lower on every seed of {_listed(won, per)}")
+    if lost:
+        parts.append(f"higher on every seed of {_listed(lost, per)}")
+    if mixed:
+        parts.append(f"the seeds split on {_listed(mixed, per)}")
+    return "; ".join(parts)
 
 
 def _task_list(values: dict, digits: int = 3, diff: bool = False) -> str:
@@ -54,14 +71,14 @@ def summary_region(summary: dict, split: str) -> str:
         return f"(no `{compare.HEADLINE}` runs on the {split} split)"
     lines = []
     o, g = s.get("optimisation"), s.get("generalisation")
-    tasks = summary["splits"][split]["tasks"]
+    tasks = s["tasks"]
     if o:
         per = o["per_task"]
         won = [t for t in tasks if summary["tasks"][t]["entries"][compare.HEADLINE]["optimisation"]["max"] < 1]
-        lost = [t for t in tasks if summary["tasks"][t]["entries"][compare.HEADLINE]["optimisation"]["min"] > 1]
+        lost = [t for t in tasks if not (summary["tasks"][t]["entries"][compare.HEADLINE]["optimisation"]["min"] <= 1)]
         mixed = [t for t in tasks if t not in won and t not in lost]
         lines.append(
-            f"- **Optimisation** ({split}, {o['n_tasks']} tasks): final train loss "
+            f"- **Optimisation** ({split}, {_plural(o['n_tasks'], 'task')}): final train loss "
             f"{_ratio_phrase(o)} that of AdamW tuned on train loss (geometric mean; "
             f"{fmt(o['geomean_without_most_favourable'])}× without the most favourable task, "
             f"`{o['most_favourable']}`). Lower on every seed: {_listed(won, per)}; "
@@ -83,6 +100,48 @@ def summary_region(summary: dict, split: str) -> str:
             f"{g['wins']} wins, {g['ties']} ties, {g['losses']} losses (a win or loss: every seed agrees). "
             + "; ".join(parts) + ". " + "; ".join(units) + ".")
     return "\n".join(lines)
+
+
+def _verdicts(summary: dict, split: str, name: str) -> dict:
+    """Tasks of ``split`` by generalisation verdict, each with its mean difference and unit."""
+    out: dict = {"win": [], "tie": [], "loss": []}
+    for t in summary["splits"][split]["tasks"]:
+        e = summary["tasks"][t]["entries"].get(name)
+        g = (e or {}).get("generalisation")
+        if g and g["verdict"]:
+            unit = report.METRIC_LABEL.get(summary["tasks"][t]["metric"], summary["tasks"][t]["metric"])
+            unit = unit.replace("accuracy (points)", "accuracy points")
+            out[g["verdict"]].append(f"`{t}` ({fmt_diff(g['mean'])} {unit})")
+    return out
+
+
+def headline_region(summary: dict) -> str:
+    """One paragraph: both comparisons of the headline optimizer on the test split, then the dev split."""
+    parts = []
+    for split, intro in (("test", "**On the test split** (tasks the defaults never saw)"),
+                         ("dev", "**On the dev split** (the tasks the defaults were chosen on: in-sample)")):
+        s = _split_summary(summary, split, compare.HEADLINE)
+        if not s or not s.get("optimisation"):
+            continue
+        o, g = s["optimisation"], s.get("generalisation")
+        tasks = s["tasks"]
+        per = o["per_task"]
+        entry = {t: summary["tasks"][t]["entries"][compare.HEADLINE]["optimisation"] for t in tasks}
+        won = [t for t in tasks if entry[t]["max"] < 1]
+        lost = [t for t in tasks if not entry[t]["min"] <= 1]
+        without = (f"; {fmt(o['geomean_without_most_favourable'])}× without its most favourable task"
+                   if stats.finite(o["geomean_without_most_favourable"]) else "")
+        mixed = [t for t in tasks if t not in won and t not in lost]
+        text = (f"{intro}, `ALSALS(total_steps=T)` ends at {_ratio_phrase(o)} the final train loss of AdamW "
+                f"tuned on train loss (geometric mean over {_plural(o['n_tasks'], 'task')}{without}): "
+                f"{_split_phrase(won, lost, mixed, per)}.")
+        if g:
+            v = _verdicts(summary, split, compare.HEADLINE)
+            text += (f" On the held-out test metric against AdamW tuned on validation it wins on "
+                     f"{', '.join(v['win']) or 'no task'}, loses on {', '.join(v['loss']) or 'no task'}"
+                     + (f" and ties on {', '.join(v['tie'])}" if v["tie"] else "") + ".")
+        parts.append(text)
+    return "\n\n".join(parts) or f"(no `{compare.HEADLINE}` runs)"
 
 
 def readme_table(summary: dict) -> str:
@@ -181,7 +240,12 @@ def regions(meta: dict, runs: Sequence[dict], overhead: dict | None = None,
     out["setup"] = setup_region(summary)
     out["grids"] = grids_region(summary)
     out["readme-table"] = readme_table(summary)
-    for split in summary["splits"]:
+    out["headline"] = headline_region(summary)
+    for split in ("test", "dev"):
+        if split not in summary["splits"]:
+            for kind in ("summary", "optimisation", "generalisation", "seeds"):
+                out[f"{kind}-{split}"] = f"(no runs of the {split} split in `{source}`)"
+            continue
         out[f"summary-{split}"] = summary_region(summary, split)
         out[f"optimisation-{split}"] = report.optimisation_table(summary, split)
         out[f"generalisation-{split}"] = report.generalisation_table(summary, split)
@@ -206,12 +270,13 @@ def rewrite(text: str, regions_: dict) -> tuple[str, list[str]]:
 
 
 def rewrite_file(path: str, regions_: dict, check: bool = False) -> tuple[bool, list[str]]:
-    """Rewrite the regions of ``path`` (unless ``check``); returns (changed, unknown region names)."""
+    """Rewrite the regions of ``path`` (unless ``check``, or a region is unknown: then nothing is
+    written); returns (changed, unknown region names)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     new, unknown = rewrite(text, regions_)
     changed = new != text
-    if changed and not check:
+    if changed and not check and not unknown:
         with open(path, "w", encoding="utf-8") as f:
             f.write(new)
     return changed, unknown
