@@ -171,6 +171,13 @@ def header_markdown(meta: dict, runs: Sequence[dict], title: str | None = None) 
     return "\n".join(lines)
 
 
+def fwd_bwd(summary: dict, tasks: Sequence[str], name: str) -> str:
+    """Forward and backward passes per step of ``name``, averaged over ``tasks``."""
+    fwd = [summary["tasks"][t]["entries"][name]["fwd_per_step"] for t in tasks]
+    bwd = [summary["tasks"][t]["entries"][name]["bwd_per_step"] for t in tasks]
+    return f"{stats.mean(fwd):.2f} / {stats.mean(bwd):.2f}" if fwd else "—"
+
+
 def optimisation_table(summary: dict, split: str, names: Sequence[str] | None = None) -> str:
     sp = summary["splits"][split]
     tasks = sp["tasks"]
@@ -181,13 +188,11 @@ def optimisation_table(summary: dict, split: str, names: Sequence[str] | None = 
             continue
         o = s.get("optimisation")
         cells = [ratio_cell(summary["tasks"][t]["entries"].get(name, {}).get("optimisation")) for t in tasks]
-        fwd = [summary["tasks"][t]["entries"][name]["fwd_per_step"] for t in s["tasks"]]
-        bwd = [summary["tasks"][t]["entries"][name]["bwd_per_step"] for t in s["tasks"]]
         if o:
             gm = fmt(o["geomean"]) + ("" if not s["missing"] else f" ({len(s['tasks'])} tasks)")
             rows.append([row_label(name), *cells, gm, fmt_interval(o["seed_interval"]),
                          fmt_interval(o["task_interval"]), fmt(o["geomean_without_most_favourable"]),
-                         f"{o['wins']} / {o['losses']}", f"{stats.mean(fwd):.2f} / {stats.mean(bwd):.2f}"])
+                         f"{o['wins']} / {o['losses']}", fwd_bwd(summary, s["tasks"], name)])
         else:
             rows.append([row_label(name), *cells, "—", "—", "—", "—", "—", "—"])
     return table(["optimizer", *tasks, "geo-mean", "seed 95% CI", "task 95% CI", "geo-mean w/o best task",
@@ -216,11 +221,11 @@ def generalisation_table(summary: dict, split: str, names: Sequence[str] | None 
                          f"{fmt_diff(u['mean'])} (seeds {fmt_interval(u['seed_interval'], diff=True)}; "
                          f"tasks {fmt_interval(u['task_interval'], diff=True)})")
         wtl = f"{g['wins']} / {g['ties']} / {g['losses']}" if g else "—"
-        rows.append([row_label(name), *cells, wtl, *extra])
+        rows.append([row_label(name), *cells, wtl, *extra, fwd_bwd(summary, s["tasks"], name)])
     heads = [f"{t} (Δ {METRIC_LABEL.get(summary['tasks'][t]['metric'], summary['tasks'][t]['metric'])} "
              f"{'↑' if summary['tasks'][t]['higher'] else '↓'})" for t in tasks]
     return table(["optimizer", *heads, "wins / ties / losses",
-                  *(f"mean Δ {METRIC_LABEL.get(m, m)}" for m in metrics)], rows)
+                  *(f"mean Δ {METRIC_LABEL.get(m, m)}" for m in metrics), "fwd / bwd per step"], rows)
 
 
 def per_seed_table(summary: dict, split: str, name: str = compare.HEADLINE) -> str:

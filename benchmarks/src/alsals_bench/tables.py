@@ -157,11 +157,13 @@ def readme_table(summary: dict) -> str:
             any_found |= bool(o)
             cells.append("—" if not o else f"{fmt(o['geomean'])} [{fmt_interval(o['seed_interval'])}]")
             cells.append("—" if not g else f"{g['wins']} / {g['ties']} / {g['losses']}")
+        test = _split_summary(summary, "test", name)
+        cells.append(report.fwd_bwd(summary, test["tasks"], name) if test else "—")
         if any_found:
             rows.append(cells)
     return table(["optimizer", "test: train loss ÷ AdamW (by train), geo-mean [seed CI]",
                   "test: held-out vs AdamW (by val), W / T / L",
-                  "dev: train loss ÷ AdamW", "dev: held-out W / T / L"], rows)
+                  "dev: train loss ÷ AdamW", "dev: held-out W / T / L", "fwd / bwd per step (test)"], rows)
 
 
 def grids_region(summary: dict) -> str:
