@@ -63,5 +63,6 @@ def test_summary_lines_for_the_terminal():
 def test_formatting():
     assert report.fmt(float("inf")) == "∞" and report.fmt(None) == "—" and report.fmt(1.23456) == "1.23"
     assert report.fmt(2.5e-5) == "2.50e-05"
-    assert report.fmt_diff(0.5) == "+0.50" and report.fmt_diff(-0.012) == "-0.012"
+    assert report.fmt_diff(0.5) == "+0.50" and report.fmt_diff(-0.036) == "-0.036"
+    assert report.fmt_diff(-0.0012) == "-0.0012" and report.fmt_diff(-0.09999) == "-0.10"
     assert report.fmt_interval((0.5, 2.0)) == "0.5 – 2"

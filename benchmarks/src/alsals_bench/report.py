@@ -67,7 +67,7 @@ def fmt_diff(x, digits: int = 2) -> str:
         return "—"
     if math.isinf(x):
         return "failed"
-    if abs(x) >= 0.1 or x == 0:
+    if abs(x) >= 0.0995 or x == 0:  # (0.0995 and above would print as "0.1" with two digits)
         return f"{x:+.{digits}f}"
     return f"{x:+.{digits}g}"
 
