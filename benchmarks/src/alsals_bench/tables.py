@@ -144,6 +144,32 @@ def headline_region(summary: dict) -> str:
     return "\n\n".join(parts) or f"(no `{compare.HEADLINE}` runs)"
 
 
+def rivals_region(summary: dict, split: str = "test") -> str:
+    """One sentence: the optimizers with no learning rate to tune, by geo-mean ratio on ``split``,
+    and the tuned schedule-free AdamW for reference."""
+    sp = summary["splits"].get(split)
+    if sp is None:
+        return f"(no runs of the {split} split)"
+    free, tuned = [], []
+    for name, s in sp["entries"].items():
+        o = (s or {}).get("optimisation")
+        if not o or s["missing"]:
+            continue
+        g = s.get("generalisation") or {}
+        cell = (f"`{name}` {fmt(o['geomean'])}× [{fmt_interval(o['seed_interval'])}], "
+                f"{g.get('wins', '—')} / {g.get('ties', '—')} / {g.get('losses', '—')}")
+        if name.startswith(("adamw", "sfadamw")):
+            if name.startswith("sfadamw"):
+                tuned.append(cell)
+        else:
+            free.append((o["geomean"] if stats.finite(o["geomean"]) else float("inf"), cell))
+    free.sort(key=lambda x: x[0])
+    return (f"Optimizers with no learning rate to tune, on the {split} split, by the geometric mean of their "
+            "train-loss ratio to AdamW tuned on train loss [seed 95% CI], then held-out wins / ties / losses "
+            "against AdamW tuned on validation: " + "; ".join(c for _, c in free) + ". For reference, the tuned "
+            "schedule-free AdamW: " + "; ".join(tuned) + ".")
+
+
 def readme_table(summary: dict) -> str:
     """The README's compact table: both comparisons on both splits for a few rows."""
     rows = []
@@ -243,6 +269,7 @@ def regions(meta: dict, runs: Sequence[dict], overhead: dict | None = None,
     out["grids"] = grids_region(summary)
     out["readme-table"] = readme_table(summary)
     out["headline"] = headline_region(summary)
+    out["rivals-test"] = rivals_region(summary, "test")
     for split in ("test", "dev"):
         if split not in summary["splits"]:
             for kind in ("summary", "optimisation", "generalisation", "seeds"):
