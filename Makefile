@@ -36,7 +36,7 @@ bench-tables: $(STAMP)
 		--docs docs/benchmarks.md README.md
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src/alsals tests examples
+	$(VENV)/bin/ruff check src/alsals tests examples scripts benchmarks
 	$(VENV)/bin/mypy
 
 test: lint

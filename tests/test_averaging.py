@@ -97,7 +97,8 @@ def test_without_total_steps_the_optimizer_averages_its_iterates_and_eval_puts_t
 
 
 def test_the_average_is_kept_exactly_when_no_total_steps_is_given():
-    for kwargs, keeps in (({}, False), ({"average": True}, True), ({"total_steps": 50, "average": True}, True),
+    for kwargs, keeps in (({}, True), ({"preset": "v0.1"}, False), ({"average": True}, True),
+                          ({"total_steps": 50, "average": True}, True),
                           ({"total_steps": 50}, False), ({"average": False}, False)):
         model = mlp()
         opt = alsals.ALSALS(model.parameters(), **kwargs)

@@ -53,7 +53,10 @@ def warmed_up(dtype=torch.float32, **kwargs):
 
 def snapshot(model, opt):
     params = [p.detach().clone() for p in model.parameters()]
-    moments = [{k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)} for p in model.parameters()]
+    # Adam's state (the average of the iterates, kept without total_steps, samples the unchanged
+    # iterate at a skipped step like at any other: it is not part of the step's update)
+    moments = [{k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v) and k != "average"}
+               for p in model.parameters()]
     steps = [opt.state[p]["step"] for p in model.parameters()]
     return params, moments, steps
 

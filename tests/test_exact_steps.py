@@ -149,7 +149,7 @@ def test_a_committed_step_is_the_direct_update_from_w_whatever_the_trials(dtype,
     # The minimum sits close beside w: the first step 1.0 overshoots by far, and the search needs
     # about `trials` cuts of 0.9 to reach an accepted step size.
     target = start.float() - 0.9 ** (trials - 1) * torch.sign(start.float())
-    opt = alsals.ALSALS([w], initial_step_size=1.0, growth=1.0, slope_smoothing=0.0, c=0.5)
+    opt = alsals.ALSALS([w], initial_step_size=1.0, growth=1.0, slope_smoothing=0.0, c=0.5, interpolate=False)
     closure = steep(w, target, 1.0)
     w.grad = None
     loss = closure()
@@ -197,6 +197,8 @@ def test_a_layer_frozen_mid_run_stops_moving(amortized):
         assert torch.equal(p, q)
     for key, value in moments.items():  # its Adam state does not advance either
         for name, tensor in value.items():
+            if name == "average":  # the average of the iterates keeps sampling the (still) iterate
+                continue
             assert torch.equal(torch.as_tensor(opt.state_dict()["state"][key][name]), torch.as_tensor(tensor)), name
     assert any(not torch.equal(p, q) for p, q in zip(model[2].parameters(), live))
     if amortized:

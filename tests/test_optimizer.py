@@ -511,9 +511,15 @@ def test_load_state_dict_casts_state_to_the_parameters_dtype():
 
 
 def test_state_holds_only_adams_moments():
-    model, opt, _, _ = train_regression(alsals.ALSALS, steps=2)
+    model, opt, _, _ = train_regression(lambda params: alsals.ALSALS(params, total_steps=100), steps=2)
     for p in model.parameters():
         assert set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq"}
+
+
+def test_without_total_steps_the_state_also_holds_the_average_of_the_iterates():
+    model, opt, _, _ = train_regression(alsals.ALSALS, steps=2)
+    for p in model.parameters():
+        assert set(opt.state[p]) == {"step", "exp_avg", "exp_avg_sq", "average"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,7 +634,7 @@ def test_interval_grows_while_searches_confirm_the_step_size(rule):
     # A very flat quadratic: no trial is ever rejected, so during the 10 warm-up searches the interval
     # doubles to its maximum (20), and then the optimizer searches every 20 steps.
     w = nn.Parameter(torch.ones(4))
-    opt = alsals.ALSALS([w], initial_step_size=1e-3, search_interval_rule=rule)
+    opt = alsals.ALSALS([w], preset="v0.1", initial_step_size=1e-3, search_interval_rule=rule)
     assert opt.config.search_interval_rule == rule
     assert opt.config.max_search_interval == 20
     for _ in range(100):
@@ -641,7 +647,7 @@ def test_interval_grows_while_searches_confirm_the_step_size(rule):
 
 def test_doubling_interval_drops_to_one_after_a_backtrack():
     w = nn.Parameter(torch.ones(4))
-    opt = alsals.ALSALS([w], initial_step_size=1e-3, search_interval_rule="doubling")
+    opt = alsals.ALSALS([w], preset="v0.1", initial_step_size=1e-3, search_interval_rule="doubling")
     for _ in range(30):
         opt.step(lambda: 1e-3 * (w**2).sum())
     assert opt.search_state["search_interval"] == 20
@@ -659,7 +665,7 @@ def test_doubling_interval_drops_to_one_after_a_backtrack():
 
 def test_halving_interval_rule_halves_the_interval_per_cut_of_the_step_size():
     w = nn.Parameter(torch.ones(4))
-    opt = alsals.ALSALS([w], initial_step_size=1e-3)
+    opt = alsals.ALSALS([w], preset="v0.1", initial_step_size=1e-3)
     assert opt.config.search_interval_rule == "halving"  # the default
     for _ in range(30):
         opt.step(lambda: 1e-3 * (w**2).sum())

@@ -1,5 +1,6 @@
 """The line search as pure logic, and property tests (hypothesis) on its guarantees."""
 
+import functools
 import math
 
 import pytest
@@ -8,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import alsals
+from alsals.search import SearchConfig as _SearchConfig
 from alsals.search import (
-    SearchConfig,
     SearchStatus,
     armijo_holds,
     backtrack,
@@ -17,6 +18,10 @@ from alsals.search import (
     search_interval,
     smooth,
 )
+
+# The one-way search with fixed cuts (version 0.1's), unless a test asks for interpolation or an
+# increase itself: most checks below are about the classical rule.
+SearchConfig = functools.partial(_SearchConfig, interpolate=False, max_increase=1.0)
 
 
 def run_search(profile, step_size, slope, smoothed_slope, smoothed_decrease, config):

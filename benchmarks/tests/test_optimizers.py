@@ -111,11 +111,10 @@ def test_the_committed_anneal_is_alsals_own():
 
     shape, fraction = opts.alsals_anneal_settings()
     probe = alsals.ALSALS([torch.zeros(1, requires_grad=True)], total_steps=10)
-    assert (shape, fraction) == (probe.anneal, probe.anneal_fraction)
+    assert (shape, fraction) == (probe.config.anneal, probe.config.anneal_fraction)
     factor = opts.committed_anneal(50)
     assert [factor(t) for t in (1, 40, 41, 50)] == [anneal_factor(shape, t, 50, fraction) for t in (1, 40, 41, 50)]
     assert factor(1) == 1.0 and factor(50) < 0.1
-    assert opts._wsd_factor(50, 50, 0.2) == anneal_factor("wsd", 50, 50, 0.2)
 
 
 def test_the_committed_anneal_scales_the_update_of_the_authors_line_search():
@@ -153,8 +152,9 @@ def test_the_recorded_configuration_of_alsals_and_of_torch():
     rec = runner.run_one("synthetic", "alsals", 0, 3, train_eval_examples=32)
     cfg = rec["optimizer_config"]["optimizer"]
     assert cfg["class"] == "alsals.optimizer.ALSALS"
-    assert cfg["search_config"]["c"] == 0.5 and cfg["attributes"]["total_steps"] == 3
-    assert "amortisation" in cfg and cfg["settings"]["arguments"] == {"total_steps": 3}
+    assert cfg["config"]["c"] == 0.5 and cfg["config"]["total_steps"] == 3
+    assert cfg["config"]["interpolate"] is True and cfg["config"]["preset"] == "default"
+    assert cfg["settings"]["arguments"] == {"total_steps": 3}
     rec = runner.run_one("synthetic", "adamw-lr3e-3", 0, 3, train_eval_examples=32)
     cfg = rec["optimizer_config"]["optimizer"]
     assert cfg["class"] == "torch.optim.adamw.AdamW"
@@ -163,18 +163,14 @@ def test_the_recorded_configuration_of_alsals_and_of_torch():
     assert rec["optimizer_config"]["scheduler"] == "LambdaLR"
 
 
-def test_a_config_attribute_of_the_redesigned_core_is_recorded(monkeypatch):
-    import alsals
-
-    @dataclasses.dataclass(frozen=True)
-    class Config:
-        c: float = 0.5
-        anneal: str = "wsd"
-
-    opt = alsals.ALSALS([torch.zeros(2, requires_grad=True)])
-    opt.config = Config()
-    out = opts.optimizer_config(opt, {"x": 1})
-    assert out["config"] == {"c": 0.5, "anneal": "wsd"} and "search_config" not in out
+def test_alsals_without_total_steps_is_evaluated_at_its_average_and_v0_1_at_its_iterate():
+    rec = runner.run_one("synthetic-bn", "alsals-anytime", 0, 6, train_eval_examples=64)
+    assert rec["status"] == "ok", rec["error"]
+    assert rec["optimizer_config"]["evaluated_at_average"] is True
+    assert rec["config"]["batchnorm_recalibrated"] is True  # BatchNorm statistics of the averaged weights
+    for name in ("alsals", "alsals-v0.1-anytime"):
+        rec = runner.run_one("synthetic", name, 0, 6, train_eval_examples=32)
+        assert rec["optimizer_config"]["evaluated_at_average"] is False
 
 
 def test_schedulefree_is_evaluated_at_its_averaged_point_with_batchnorm_recomputed():

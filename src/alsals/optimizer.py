@@ -535,13 +535,15 @@ class ALSALS(Optimizer):
 
     def _averaged_pairs(self, create: bool) -> Dict[Tuple[torch.device, torch.dtype], Tuple[List[Tensor], List[Tensor]]]:
         """The parameters (local shards) and their averages, by device and dtype. ``create``: start
-        the average of a parameter that has none at its current value."""
+        the average of a parameter that has none at its current value, once it has been trained
+        (it has Adam's moments): a parameter that never had a gradient holds no state, as with torch
+        optimizers, and its value is its own average until then."""
         pairs: Dict[Tuple[torch.device, torch.dtype], Tuple[List[Tensor], List[Tensor]]] = defaultdict(lambda: ([], []))
         for group in self.param_groups:
             for p in group["params"]:
-                state = self.state[p] if create else self.state.get(p, {})
+                state = self.state.get(p, {})
                 if "average" not in state:
-                    if not create:
+                    if not create or "exp_avg" not in state:
                         continue
                     state["average"] = p.detach().clone(memory_format=torch.preserve_format)
                 param, average = cast(Tensor, local_tensor(p.detach())), cast(Tensor, local_tensor(state["average"]))

@@ -150,36 +150,20 @@ def _lambda_lr(opt: torch.optim.Optimizer, factor: Callable[[int], float]):
     return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=factor)
 
 
-def _wsd_factor(step: int, total_steps: int, fraction: float) -> float:
-    """The WSD anneal of ``alsals.anneal`` (used when that module cannot be imported)."""
-    t = min(max(step, 1), total_steps)
-    decay_steps = max(1, math.ceil(fraction * total_steps))
-    if t <= total_steps - decay_steps:
-        return 1.0
-    return (total_steps - t + 1) / (decay_steps + 1)
-
-
 def alsals_anneal_settings() -> tuple[str, float]:
     """The anneal shape and fraction that ``ALSALS(total_steps=T)`` uses by default (read from a
     constructed optimizer, so the rivals follow ALSALS's defaults wherever they move)."""
     import alsals
 
-    probe = alsals.ALSALS([torch.zeros(1, requires_grad=True)], total_steps=10)
-    config = getattr(probe, "config", None)
-    shape = getattr(config, "anneal", None) or getattr(probe, "anneal", "wsd")
-    fraction = getattr(config, "anneal_fraction", None) or getattr(probe, "anneal_fraction", 0.2)
-    return str(shape), float(fraction)
+    config = alsals.ALSALS([torch.zeros(1, requires_grad=True)], total_steps=10).config
+    return str(config.anneal), float(config.anneal_fraction)
 
 
 def committed_anneal(total_steps: int) -> Callable[[int], float]:
     """``factor(t)`` (``t`` 1-based) of ALSALS's built-in anneal for a run of ``total_steps``."""
+    from alsals.anneal import anneal_factor
+
     shape, fraction = alsals_anneal_settings()
-    try:
-        from alsals.anneal import anneal_factor
-    except ImportError:  # the core moved it: the WSD formula, as documented
-        if shape != "wsd":
-            raise
-        return lambda t: _wsd_factor(t, total_steps, fraction)
     return lambda t: anneal_factor(shape, t, total_steps, fraction)
 
 
@@ -576,6 +560,14 @@ register_alsals_variant("alsals-paper-b9c5", preset="paper", slope_smoothing=0.9
 register_alsals_variant("alsals-paper-b9c5-anneal", preset="paper", slope_smoothing=0.9, c=0.5,
                         knows_total_steps=True)
 register_alsals_variant("alsals-no-amortisation", amortized=False, knows_total_steps=True)
+# The 0.2 defaults against 0.1's, one change at a time (docs/benchmarks.md, "Ablations").
+register_alsals_variant("alsals-v0.1", description="ALSALS(preset='v0.1'): the 0.1 defaults, told the run's "
+                        "length", preset="v0.1", knows_total_steps=True)
+register_alsals_variant("alsals-v0.1-anytime", description="ALSALS(preset='v0.1'), not told the run's length "
+                        "(no anneal, no average)", preset="v0.1")
+register_alsals_variant("alsals-interpolate-only", interpolate=True, max_increase=1.0, knows_total_steps=True)
+register_alsals_variant("alsals-increase-only", interpolate=False, max_increase=4.0, knows_total_steps=True)
+register_alsals_variant("alsals-anytime-no-average", average=False)
 register_alsals_variant("alsals-salsa-interval", search_interval_rule="salsa", knows_total_steps=True)
 register_alsals_variant("alsals-interval10", max_search_interval=10, knows_total_steps=True)
 register_alsals_variant("alsals-interval40", max_search_interval=40, knows_total_steps=True)
@@ -611,9 +603,8 @@ def optimizer_config(opt: Any, settings: dict | None = None) -> dict:
     """The full configuration of a constructed optimizer, for the run's record.
 
     Always: the class, the constructor settings, ``defaults`` and every parameter group's settings
-    (parameters excluded). For ALSALS and its presets also ``opt.config`` when the optimizer has it
-    (a frozen dataclass in the redesigned core), else ``search_config``, ``amortisation`` and the
-    other settings it keeps as attributes.
+    (parameters excluded). For ALSALS and its presets also ``opt.config``, the whole validated
+    configuration (``alsals.ALSALSConfig``).
     """
     cls = type(opt)
     out: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}", "settings": _jsonable(settings or {})}
@@ -623,16 +614,7 @@ def optimizer_config(opt: Any, settings: dict | None = None) -> dict:
         for g in getattr(opt, "param_groups", [])
     ]
     if cls.__module__.startswith("alsals"):
-        config = getattr(opt, "config", None)
-        if config is not None:
-            out["config"] = _jsonable(config)
-        else:
-            out["search_config"] = _jsonable(getattr(opt, "search_config", None))
-            out["amortisation"] = _jsonable(getattr(opt, "amortisation", None))
-            out["attributes"] = {k: _jsonable(getattr(opt, k)) for k in (
-                "direction_kind", "slope_method", "finite_difference_eps", "growth_per", "initial_step_size",
-                "foreach", "check_consistency", "total_steps", "anneal", "anneal_fraction", "preset",
-            ) if hasattr(opt, k)}
+        out["config"] = _jsonable(opt.config)
     else:
         extra = {k: _jsonable(v) for k, v in vars(opt).items()
                  if isinstance(v, (int, float, str, bool)) and not k.startswith("_")}
@@ -692,17 +674,28 @@ class Adapter:
             "committed_anneal": alsals_anneal_settings() if self.anneal is not None else None,
             "averaging": self.spec.averaging,
             "schedulefree_eval": self.spec.schedulefree,
+            "evaluated_at_average": self.evaluates_average,
         }
 
     # -- modes -------------------------------------------------------------------------------
+    @property
+    def evaluates_average(self) -> bool:
+        """Whether the evaluated point is an average of the iterates held by the optimizer itself
+        (schedule-free's ``x``; ALSALS's anytime average, kept when it is not told the run's length),
+        swapped in by ``optimizer.eval()`` and out by ``optimizer.train()``."""
+        if self.spec.schedulefree:
+            return True
+        config = getattr(self.optimizer, "config", None) if self.spec.protocol == "alsals" else None
+        return bool(getattr(config, "averages", False))
+
     def train_mode(self) -> None:
         self.model.train()
-        if self.spec.schedulefree:
+        if self.evaluates_average:
             self.optimizer.train()
 
     def eval_mode(self) -> nn.Module:
         """Put the optimizer and the model in evaluation mode; returns the model to evaluate."""
-        if self.spec.schedulefree:
+        if self.evaluates_average:
             self.optimizer.eval()
         model = self.averager.averaged_model if self.averager is not None else self.model
         model.eval()

@@ -20,7 +20,8 @@ from .results import commands_of, write_results
 
 #: the rows of the headline tables, in this order (others present follow)
 ROW_ORDER = (
-    "alsals", "alsals-anytime", "alsals-paper",
+    "alsals", "alsals-anytime", "alsals-v0.1", "alsals-v0.1-anytime", "alsals-interpolate-only",
+    "alsals-increase-only", "alsals-anytime-no-average", "alsals-no-amortisation", "alsals-paper",
     "adamw (best by train)", "adamw (best by val)", "sfadamw (best by train)", "sfadamw (best by val)",
     "sls", "sls-anneal", "salsa", "salsa-anneal", "salsa-ref", "salsa-ref-anneal", "salsa-ref-default",
     "adamsls-ref", "adamsls-ref-anneal", "prodigy", "dadapt-adam", "dog",
@@ -28,7 +29,13 @@ ROW_ORDER = (
 #: what a row is, shown in the tables
 ROW_NOTES = {
     "alsals": "ALSALS(total_steps=T), defaults chosen on the dev split",
-    "alsals-anytime": "ALSALS(), no anneal",
+    "alsals-anytime": "ALSALS(), no anneal; evaluated at its average of the iterates",
+    "alsals-v0.1": "ALSALS(preset='v0.1', total_steps=T): the 0.1 defaults",
+    "alsals-v0.1-anytime": "ALSALS(preset='v0.1'): the 0.1 defaults, no anneal, no average",
+    "alsals-interpolate-only": "ablation: 0.1 + interpolated cuts (no increase), total_steps=T",
+    "alsals-increase-only": "ablation: 0.1 + the two-way search (fixed cuts), total_steps=T",
+    "alsals-anytime-no-average": "ablation: ALSALS(average=False), no anneal, evaluated at the iterate",
+    "alsals-no-amortisation": "ablation: ALSALS(amortized=False, total_steps=T), a search every step",
     "alsals-paper": "ALSALS(preset='paper')",
     "adamw (best by train)": "tuned: AdamW grid point best by train loss",
     "adamw (best by val)": "tuned: AdamW grid point best by validation metric",

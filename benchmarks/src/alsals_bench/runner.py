@@ -457,9 +457,10 @@ def run_one(
         # ---- final evaluation -------------------------------------------------------------
         t_eval = time.perf_counter()
         eval_model = adapter.eval_mode()
-        if spec.schedulefree and _batchnorms(eval_model):
-            # schedule-free evaluates at another point than it trained at: its authors recompute the
-            # BatchNorm statistics there (a pass over training batches in train mode, no gradients)
+        if adapter.evaluates_average and _batchnorms(eval_model):
+            # schedule-free (and ALSALS's anytime average) evaluate at another point than they trained
+            # at: schedule-free's authors recompute the BatchNorm statistics there (a pass over training
+            # batches in train mode, no gradients); ALSALS's average gets the same
             recalibrate_batchnorm(inst, eval_model, subset, task_obj.batch_size)
             rec["config"]["batchnorm_recalibrated"] = True
         rec["final_train_loss"] = subset_loss(inst, eval_model, subset, chunk)
