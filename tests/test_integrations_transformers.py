@@ -170,6 +170,23 @@ def test_bf16_autocast(tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # autocast, fp32 weights
 
 
+def test_the_trainer_evaluates_at_the_average_of_the_iterates_and_trains_on(tmp_path):
+    # ALSALSTrainer gives no total_steps, so ALSALS keeps its average; the Trainer calls
+    # optimizer.eval() before evaluating and optimizer.train() before each training step.
+    args = training_args(tmp_path, max_steps=20, eval_strategy="steps", eval_steps=10, per_device_eval_batch_size=16)
+    trainer = ALSALSTrainer(model=tiny_gpt2(), args=args, train_dataset=CountingSequences(),
+                            eval_dataset=CountingSequences(n=32, seed=1))
+    trainer.train()  # an evaluation at step 10, then 10 more steps: they would raise in eval mode
+    opt = trainer.alsals_optimizer
+    assert [e["step"] for e in trainer.state.log_history if "eval_loss" in e] == [10, 20]
+    assert opt.counters["steps"] == 20 and opt.config.averages
+    assert opt.search_state["averaged_in"]  # the last evaluation left the average in the model
+    averaged = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.optimizer.train()
+    assert not opt.search_state["averaged_in"]
+    assert any(not torch.equal(a, p) for a, p in zip(averaged, trainer.model.parameters()))
+
+
 def test_learning_rate_is_the_multiplier_and_the_adamw_default_warns(tmp_path):
     args = training_args(tmp_path, learning_rate=5e-5)
     with pytest.warns(UserWarning, match="learning_rate=1.0"):

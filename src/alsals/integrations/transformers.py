@@ -130,6 +130,16 @@ class ClosureStepAdapter(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         return self.optimizer.step(closure if closure is not None else self.make_closure())
 
+    def eval(self) -> None:
+        """The wrapped optimizer's :meth:`~alsals.ALSALS.eval` (the Trainer calls it before evaluating):
+        the average of the iterates into the parameters, when ALSALS keeps one."""
+        self.optimizer.eval()
+
+    def train(self) -> None:
+        """The wrapped optimizer's :meth:`~alsals.ALSALS.train` (the Trainer calls it before each
+        training step): the iterates back."""
+        self.optimizer.train()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.optimizer!r})"
 
