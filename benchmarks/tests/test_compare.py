@@ -137,3 +137,21 @@ def test_seeds_disagree_by_more_than_the_effect():
     clear = compare.summarize_task(_adam() + _alsals([0.005, 0.0055, 0.006], [0.96, 0.96, 0.961]))
     verdict = compare.seeds_disagree(clear["entries"]["alsals"], [0, 1, 2])
     assert verdict == {"optimisation": False, "generalisation": False}
+
+
+def test_leave_one_task_out_chooses_on_the_other_tasks_and_checks_the_left_out_one():
+    # adamw's train-selected point has train loss 0.01 on every task; "a" is good on t0 and t1 and bad
+    # on t2, "b" mediocre everywhere: without t2 the choice is "a" (and it loses on t2), without t0 or
+    # t1 the choice is "b" (its geo-mean over the two others is the lower), which wins on t0 and t1.
+    ratios = {"a": {"t0": 0.5, "t1": 0.5, "t2": 4.0}, "b": {"t0": 0.9, "t1": 0.9, "t2": 0.9}}
+    runs = []
+    for task in ("t0", "t1", "t2"):
+        runs += _adam(task=task, split="dev")
+        for name, by_task in ratios.items():
+            runs += [record(task, name, s, 0.01 * by_task[task], split="dev") for s in range(3)]
+    rows = compare.leave_one_task_out(compare.summarize(runs), "dev", ("a", "b", "missing"))
+    assert [(r["task"], r["choice"]) for r in rows] == [("t0", "b"), ("t1", "b"), ("t2", "a")]
+    assert [r["passes"] for r in rows] == [True, True, False]
+    assert rows[2]["ratio"] == pytest.approx(4.0) and rows[2]["best_on_task"] == "b"
+    assert rows[0]["score_without"] == pytest.approx(0.9)
+    assert compare.leave_one_task_out(compare.summarize(runs), "test", ("a",)) == []

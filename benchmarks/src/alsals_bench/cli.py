@@ -16,6 +16,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -215,6 +216,10 @@ def run_command(args, parser) -> int:
         print("alsals-bench: warning: the git tree is dirty; the records say so", file=sys.stderr)
     print(f"alsals-bench: {args.suite} suite, {len(tasks)} tasks, seeds {seeds}, {args.jobs} job(s), "
           f"output in {out_dir}", file=sys.stderr, flush=True)
+    if optimizers and suite.core_optimizers is not None:
+        # optimizers named on the command line run on every task given (the suite's rule that rivals run
+        # on the test split only is for its default list)
+        suite = dataclasses.replace(suite, core_optimizers=tuple(suite.core_optimizers) + tuple(optimizers))
     t0 = time.perf_counter()
     interrupted = False
     try:

@@ -337,6 +337,52 @@ def summarize(runs: Sequence[dict]) -> dict:
     return {"tasks": tasks, "splits": splits}
 
 
+#: the configurations the 0.2 defaults were chosen among (docs/benchmarks.md, "Ablations"): told the
+#: run's length, and not told it
+DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase-only", "alsals")
+ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-anytime-no-average", "alsals-anytime")
+
+
+def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> list[dict]:
+    """The leave-one-task-out check of a choice among ``candidates`` on ``split``.
+
+    For every task ``t`` of the split: the candidate with the lowest geometric mean of the train-loss
+    ratio (to AdamW tuned on train loss) over the *other* tasks is the choice made without ``t``; the
+    row gives that choice, its ratio and held-out verdict on ``t``, and the best candidate on ``t``
+    itself. A default passes on ``t`` when the choice made without ``t`` beats the tuned AdamW there
+    (ratio below 1). Candidates with no runs on every task of the split are left out.
+    """
+    sp = summary["splits"].get(split)
+    if sp is None:
+        return []
+    tasks = sp["tasks"]
+
+    def ratio(name: str, task: str) -> float:
+        o = summary["tasks"][task]["entries"].get(name, {}).get("optimisation")
+        return o["geomean"] if o and o["seeds"] else math.nan
+
+    present = [c for c in candidates if all(stats.finite(ratio(c, t)) or ratio(c, t) == math.inf for t in tasks)]
+    rows = []
+    for left_out in tasks:
+        others = [t for t in tasks if t != left_out]
+
+        def score(name: str) -> float:
+            value = stats.geomean([ratio(name, t) for t in others])
+            return value if stats.finite(value) else math.inf
+
+        if not present:
+            break
+        choice = min(present, key=score)
+        best_here = min(present, key=lambda c: ratio(c, left_out) if stats.finite(ratio(c, left_out)) else math.inf)
+        gen = summary["tasks"][left_out]["entries"][choice].get("generalisation") or {}
+        rows.append({
+            "task": left_out, "choice": choice, "score_without": score(choice),
+            "ratio": ratio(choice, left_out), "verdict": gen.get("verdict"), "best_on_task": best_here,
+            "best_ratio": ratio(best_here, left_out), "passes": ratio(choice, left_out) < 1.0,
+        })
+    return rows
+
+
 def seeds_disagree(entry: dict, base_seeds: Sequence[int]) -> dict:
     """Whether the seeds ``base_seeds`` of one task's entry disagree by more than the effect.
 

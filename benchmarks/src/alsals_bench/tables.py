@@ -259,6 +259,28 @@ def overhead_summary(overhead: dict | None, name: str = "alsals") -> str:
             + (f"; {min(fwd):.2f}–{max(fwd):.2f} forwards and 1 backward per step." if fwd else "."))
 
 
+def loo_region(summary: dict, split: str = "dev") -> str:
+    """The leave-one-task-out table of the default choice (:func:`compare.leave_one_task_out`), for
+    the run-length-aware candidates and the anytime ones."""
+    parts = []
+    for title, candidates in (("told the run's length", compare.DEFAULT_CANDIDATES),
+                              ("not told the run's length", compare.ANYTIME_CANDIDATES)):
+        rows = compare.leave_one_task_out(summary, split, candidates)
+        if not rows:
+            parts.append(f"({title}: no runs of every candidate on the {split} split)")
+            continue
+        body = [[f"`{r['task']}`", f"`{r['choice']}`", fmt(r["score_without"]), fmt(r["ratio"]),
+                 "yes" if r["passes"] else "**no**", r["verdict"] or "—",
+                 f"`{r['best_on_task']}` ({fmt(r['best_ratio'])})"] for r in rows]
+        passed = sum(r["passes"] for r in rows)
+        parts.append(f"**{title.capitalize()}** (candidates: {', '.join(f'`{c}`' for c in candidates)}); "
+                     f"the choice without the task beats tuned AdamW on it on {passed} of {len(rows)} tasks.\n\n"
+                     + report.table(["left-out task", "chosen on the other tasks", "their geo-mean",
+                                     "ratio on the left-out task", "below 1", "held-out verdict",
+                                     "best candidate on the task"], body))
+    return "\n\n".join(parts)
+
+
 def regions(meta: dict, runs: Sequence[dict], overhead: dict | None = None,
             source: str = "results") -> OrderedDict[str, str]:
     """Every generated region by name."""
@@ -270,6 +292,8 @@ def regions(meta: dict, runs: Sequence[dict], overhead: dict | None = None,
     out["readme-table"] = readme_table(summary)
     out["headline"] = headline_region(summary)
     out["rivals-test"] = rivals_region(summary, "test")
+    out["loo-dev"] = loo_region(summary, "dev")
+    out["loo-test"] = loo_region(summary, "test")
     for split in ("test", "dev"):
         if split not in summary["splits"]:
             for kind in ("summary", "optimisation", "generalisation", "seeds"):
