@@ -32,7 +32,7 @@ bench-overhead: $(STAMP)
 	$(VENV)/bin/alsals-bench overhead --out bench-out/overhead $(OVERHEAD_FLAGS)
 
 # the cost as the model grows: GPT 0.2M-20M parameters vs Adam foreach/fused, time and peak memory
-# (~12 min on 2 cores) -> bench-out/sweep/ (not part of make test)
+# (~14 min on 2 cores) -> bench-out/sweep/ (not part of make test)
 bench-sweep: $(STAMP)
 	$(VENV)/bin/alsals-bench overhead --sweep --out bench-out/sweep
 

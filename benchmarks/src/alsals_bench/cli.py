@@ -9,7 +9,7 @@ Examples::
         --context docs/benchmarks/results.json.gz --out bench-out/alsals-only   # rerun ALSALS only
     alsals-bench report bench-out/merged --merge docs/benchmarks/results.json.gz bench-out/alsals-only
     alsals-bench overhead --out bench-out/overhead
-    alsals-bench overhead --sweep --out bench-out/sweep                   # make bench-sweep (~12 min)
+    alsals-bench overhead --sweep --out bench-out/sweep                   # make bench-sweep (~14 min)
     alsals-bench run --suite scale --jobs 2 --out bench-out/scale        # make bench-scale (~1 h)
     alsals-bench tables docs/benchmarks/results.json.gz --docs docs/benchmarks.md README.md
     alsals-bench list

@@ -9,16 +9,18 @@ in a process of its own (on CUDA: ``torch.cuda.max_memory_allocated`` in the tim
 
 **Steps per size** (:data:`SWEEP`). The timing protocol is the overhead suite's (warm-up, then
 interleaved blocks in rotating order, paired ratios). A timed block must span ALSALS's amortisation
-cycle: its interval between searches doubles after each search that did not cut, up to 20 steps, so
-after a warm-up of 40 steps (searches at steps 1, 2, 4, 8, 16, 32: the interval has reached 20 when no
-search cut) a block of 20 steps holds exactly one search, and a block of 40 two. Up to 1M parameters
+cycle: ALSALS searches at each of its first steps, then at intervals that double after a search that
+did not cut the step size and halve for every cut, up to 20 steps (on ``gpt-0.2M`` the interval is 20
+from step 10 on). After a warm-up of 40 steps, then, a block of 20 steps holds one search in the
+steady state, and a block of 40 two. Up to 1M parameters
 the blocks are 40 steps, from 5M on 20 (the shortest that spans the cycle), with fewer repetitions
 as the model grows; the batch (windows of 128 bytes) halves from 5M on, which makes the optimizer's
 share of a step larger, so the ratios there are if anything pessimistic. Measured on the 2-core
 development machine (one thread, another job on the other core): an Adam step takes about 0.05 s,
-0.16 s, 0.27 s and 0.55 s at the four default sizes; with four contenders that is about 1.2, 2.7, 2.6
-and 3.8 minutes of timing, plus about 1.5 minutes of memory probes: 12 minutes in all (50M adds
-about 10).
+0.16 s, 0.27 s and 0.55 s at the four default sizes; with four contenders (the ALSALS variants 1.05
+and 1.3 Adam steps) that is about 1.3, 3, 3 and 4 minutes of timing, plus about 2.5 minutes of
+memory probes (a fresh process each: 8-30 s at 20M, where ALSALS's first steps search): 13-14
+minutes in all (50M adds about 8).
 
 ======== ===== ====== ======= ============= ==========
 size     batch warmup repeats steps/block   timed steps
