@@ -37,7 +37,7 @@ bench-sweep: $(STAMP)
 	$(VENV)/bin/alsals-bench overhead --sweep --out bench-out/sweep
 
 # the scale suite: GPT 0.2M, 1M, 5M parameters, ALSALS vs tuned AdamW, SLS, SaLSa
-# (~40-60 min on 2 cores; resumable) -> bench-out/scale/ (not part of make test)
+# (~45-60 min on 2 cores; resumable) -> bench-out/scale/ (not part of make test)
 bench-scale: $(STAMP)
 	$(VENV)/bin/alsals-bench run --suite scale --jobs 2 --out bench-out/scale
 

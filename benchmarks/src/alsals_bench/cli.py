@@ -10,7 +10,7 @@ Examples::
     alsals-bench report bench-out/merged --merge docs/benchmarks/results.json.gz bench-out/alsals-only
     alsals-bench overhead --out bench-out/overhead
     alsals-bench overhead --sweep --out bench-out/sweep                   # make bench-sweep (~14 min)
-    alsals-bench run --suite scale --jobs 2 --out bench-out/scale        # make bench-scale (~1 h)
+    alsals-bench run --suite scale --jobs 2 --out bench-out/scale        # make bench-scale (45-60 min)
     alsals-bench tables docs/benchmarks/results.json.gz --docs docs/benchmarks.md README.md
     alsals-bench list
 """

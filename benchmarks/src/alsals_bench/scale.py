@@ -13,12 +13,13 @@ test tasks, and neither ``--tasks dev``/``test`` nor a suite without task list (
 them; ``--tasks scale`` names them all.
 
 **Cost** (2-core development machine, one thread per run, another job on the machine): an AdamW step
-of 8 × 128 bytes takes about 0.05 s, 0.16 s and 0.5 s at the three sizes. Per size the suite runs
-ALSALS, SLS, SaLSa, the authors' SaLSA (the line searches cost 1.05-1.5 Adam steps) and five AdamW
-points (three coarse, two refined): about 10.5 Adam-step equivalents per step of the budget, so 500
-steps take about 4, 14 and 44 minutes of one core, plus 1-3 s (0.2M) to 15 s (5M) of evaluation per
-run: about 65 core-minutes, 35-45 minutes of wall time with ``--jobs 2`` (the rounds of the plan leave
-a core idle at times).
+of 8 × 128 bytes takes about 0.06 s, 0.2 s and 0.6 s at the three sizes. Per size the suite runs
+ALSALS (about 1.1 Adam steps per step), SLS and the authors' SaLSA (searching every step: 1.5-2, more
+in their first steps), SaLSa (about 1.2) and five AdamW points (three coarse, two refined; a
+selection that moves to a new edge adds one): about 11-12 Adam-step equivalents per step of the
+budget, so 500 steps take about 6, 19 and 57 minutes of one core, plus the evaluations (2-3 s per run
+at 0.2M, about 25 s at 5M): about 90 core-minutes, 45-55 minutes of wall time with ``--jobs 2`` (the
+rounds of the plan leave a core idle at times).
 """
 
 from __future__ import annotations
