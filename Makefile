@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.alsals-installed
 
-.PHONY: install bench bench-full bench-overhead bench-tables lint test test-fast clean
+.PHONY: install bench bench-full bench-overhead bench-sweep bench-scale bench-tables lint test test-fast clean
 
 $(STAMP): pyproject.toml benchmarks/pyproject.toml requirements/constraints.txt requirements/data.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,8 +27,19 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(VENV)/bin/alsals-bench run --suite full --jobs 2 --out bench-out/full
 
+# OVERHEAD_FLAGS=--sweep times the model-size sweep instead (as bench-sweep does)
 bench-overhead: $(STAMP)
-	$(VENV)/bin/alsals-bench overhead --out bench-out/overhead
+	$(VENV)/bin/alsals-bench overhead --out bench-out/overhead $(OVERHEAD_FLAGS)
+
+# the cost as the model grows: GPT 0.2M-20M parameters vs Adam foreach/fused, time and peak memory
+# (~14 min on 2 cores) -> bench-out/sweep/ (not part of make test)
+bench-sweep: $(STAMP)
+	$(VENV)/bin/alsals-bench overhead --sweep --out bench-out/sweep
+
+# the scale suite: GPT 0.2M, 1M, 5M parameters, ALSALS vs tuned AdamW, SLS, SaLSa
+# (~45-60 min on 2 cores; resumable) -> bench-out/scale/ (not part of make test)
+bench-scale: $(STAMP)
+	$(VENV)/bin/alsals-bench run --suite scale --jobs 2 --out bench-out/scale
 
 # regenerate every table of docs/benchmarks.md and of the README's benchmark section
 bench-tables: $(STAMP)

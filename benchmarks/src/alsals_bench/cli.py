@@ -9,6 +9,8 @@ Examples::
         --context docs/benchmarks/results.json.gz --out bench-out/alsals-only   # rerun ALSALS only
     alsals-bench report bench-out/merged --merge docs/benchmarks/results.json.gz bench-out/alsals-only
     alsals-bench overhead --out bench-out/overhead
+    alsals-bench overhead --sweep --out bench-out/sweep                   # make bench-sweep (~14 min)
+    alsals-bench run --suite scale --jobs 2 --out bench-out/scale        # make bench-scale (45-60 min)
     alsals-bench tables docs/benchmarks/results.json.gz --docs docs/benchmarks.md README.md
     alsals-bench list
 """
@@ -59,6 +61,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def _suite_names() -> list[str]:
+    from .driver import SUITES
+
+    return list(SUITES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alsals-bench",
@@ -70,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     run = sub.add_parser("run", help="run a suite (resumable: rerun on the same --out to continue)")
-    run.add_argument("--suite", choices=["quick", "full"], default="quick")
+    run.add_argument("--suite", choices=list(_suite_names()), default="quick")
     run.add_argument("--tasks", nargs="+", metavar="TASK",
                      help="tasks or splits (dev, test), comma or space separated; default: the suite's")
     run.add_argument("--optimizers", nargs="+", metavar="OPT",
@@ -92,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="results files or folders merged after DIR's own (a later record of the same "
                           "task, optimizer and seed replaces an earlier one)")
     rep.add_argument("--gzip", action="store_true", help="write results.json.gz instead of results.json")
-    rep.add_argument("--suite", choices=["quick", "full"],
+    rep.add_argument("--suite", choices=list(_suite_names()),
                      help="keep only the records this suite plans (e.g. drop runs of an aborted wider command)")
     rep.add_argument("--no-plots", action="store_true")
 
@@ -100,10 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     ov.add_argument("--cases", nargs="+", metavar="CASE", help="overhead cases (default: all; see list)")
     ov.add_argument("--optimizers", nargs="+", metavar="OPT", help="optimizers to time besides the Adam references")
     ov.add_argument("--device", default="cpu")
-    ov.add_argument("--repeats", type=_positive, default=9, help="timed blocks per optimizer")
-    ov.add_argument("--warmup", type=_positive, default=100, help="warm-up steps per optimizer")
-    ov.add_argument("--block-steps", type=_positive, default=40, help="steps per timed block")
-    ov.add_argument("--out", metavar="DIR", default=os.path.join("bench-out", "overhead"))
+    ov.add_argument("--repeats", type=_positive, help="timed blocks per optimizer (default 9; sweep: per size)")
+    ov.add_argument("--warmup", type=_positive, help="warm-up steps per optimizer (default 100; sweep: per size)")
+    ov.add_argument("--block-steps", type=_positive, help="steps per timed block (default 40; sweep: per size)")
+    ov.add_argument("--sweep", action="store_true",
+                    help="the model-size sweep (GPT 0.2M-20M parameters; also --cases gpt-sizes): time, "
+                         "ratios and peak memory per size")
+    ov.add_argument("--sizes", nargs="+", metavar="SIZE",
+                    help="sizes of the sweep (default gpt-0.2M gpt-1M gpt-5M gpt-20M; also gpt-50M, gpt-tiny)")
+    ov.add_argument("--no-memory", action="store_true", help="sweep: skip the peak-memory probes")
+    ov.add_argument("--out", metavar="DIR", help="output folder (default bench-out/overhead, sweep: bench-out/sweep)")
 
     tab = sub.add_parser("tables", help="regenerate the generated regions of the docs from a results file")
     tab.add_argument("results", help="results file or folder")
@@ -140,6 +154,15 @@ def _list(out) -> None:
     print("\nOverhead cases:", file=out)
     for c in CASES:
         print(f"  {c.name:26s} {c.description}", file=out)
+    from .gpt_sizes import SIZES
+    from .sweep import DEFAULT_SIZES, SWEEP
+
+    print("\nSweep sizes (overhead --sweep; * = default):", file=out)
+    for label, s in SWEEP.items():
+        shape = SIZES[label]
+        print(f"  {label + (' *' if label in DEFAULT_SIZES else ''):26s} {shape.parameters:>11,d} parameters "
+              f"(d_model {shape.d_model}, {shape.n_layers} layers), batch {s.batch_size}, {s.warmup} warm-up, "
+              f"{s.repeats} x {s.block_steps} steps", file=out)
 
 
 def _now() -> str:
@@ -233,14 +256,25 @@ def run_command(args, parser) -> int:
     meta.update({"finished": _now(), "wall_seconds": time.perf_counter() - t0, "loadavg_end": load_average(),
                  "commands": [command], "interrupted": interrupted})
     paths = report.write_report(out_dir, meta, runs, plots=not args.no_plots)
+    scale_paths = _scale_report(out_dir, meta, runs, plots=not args.no_plots)
     for line in report.summary_lines(runs):
         print(line)
     n_err = sum(1 for r in runs if r.get("status") == "error")
     print(f"\n{len(runs)} runs in {out_dir}; this command: {meta['wall_seconds']:.0f} s wall"
           + (f"; {n_err} failed (see results.md)" if n_err else "")
           + f"; wrote {paths['md']}, {paths['json']}"
-          + (f" and {len(paths['plots'])} plots" if paths.get("plots") else ""), file=sys.stderr)
+          + (f" and {len(paths['plots'])} plots" if paths.get("plots") else "")
+          + (f"; {scale_paths['md']}" if scale_paths else ""), file=sys.stderr)
     return 130 if interrupted else 0
+
+
+def _scale_report(out_dir: str, meta: dict, runs, plots: bool) -> dict | None:
+    """``scale.md`` (and its plots) when the records hold scale-suite tasks."""
+    from . import scale_report
+
+    if not scale_report.scale_runs(runs):
+        return None
+    return scale_report.write_scale_report(out_dir, meta, runs, plots=plots)
 
 
 def report_command(args, parser) -> int:
@@ -266,8 +300,10 @@ def report_command(args, parser) -> int:
         runs = kept
     name = RESULTS_FILE + (".gz" if args.gzip else "")
     paths = report.write_report(args.out, meta, runs, plots=not args.no_plots, results_name=name)
+    scale_paths = _scale_report(args.out, meta, runs, plots=not args.no_plots)
     print(f"wrote {paths['md']} and {paths['json']} ({len(runs)} runs)"
-          + (f" and {len(paths['plots'])} plots" if paths.get("plots") else ""))
+          + (f" and {len(paths['plots'])} plots" if paths.get("plots") else "")
+          + (f"; {scale_paths['md']}" if scale_paths else ""))
     return 0
 
 
@@ -304,6 +340,10 @@ def tables_command(args, parser) -> int:
 
 
 def overhead_command(args, parser) -> int:
+    from .sweep import run_sweep_cli, wants_sweep
+
+    if wants_sweep(args):
+        return run_sweep_cli(args, parser)
     from .overhead import run_overhead_cli
 
     return run_overhead_cli(args, parser)

@@ -8,7 +8,12 @@ function of the suite and the records so far; it returns the runs still to do, i
 concerns, task by task:
 
 1. **Base runs**: every fixed optimizer and every base point of every grid, on the base seeds.
-2. **Grid extension**: once a grid's points are complete on a task, each of its two selections (best
+2. **Grid refinement and extension**: in a suite with ``refine_grids`` (a coarse base grid, e.g. a
+   decade apart), once a grid's points are complete on a task the two half-decade lattice neighbours
+   of each selection are added (the three learning rates around the best), round after round until
+   every selection has both neighbours in the grid or the suite's cap on extensions is reached (so
+   a selection that moves to a new edge is extended too). Otherwise, once a grid's points are
+   complete on a task, each of its two selections (best
    mean final train loss, best mean validation metric) is looked at; a selection at the edge of the
    grid adds the next half-decade point beyond that edge (all of the grid's seeds on that task).
    This repeats round after round until both selections are interior -- a point beyond may
@@ -42,6 +47,7 @@ from . import compare
 from .optimizers import GRID_FAMILIES, grid_name, parse_grid_name
 from .results import RunStore, replace_by_key, run_key
 from .runner import RunSpec, get_task, resolve_tasks, run_many
+from .scale import SCALE_BATCH, SCALE_STEPS, SCALE_TASKS
 
 #: the headline optimizers of the documented full suite: ALSALS told the run length and not told it
 HEADLINE_OPTIMIZERS = ("alsals", "alsals-anytime")
@@ -51,6 +57,9 @@ RIVALS = (
     "prodigy", "dadapt-adam", "dog",
 )
 FULL_OPTIMIZERS = HEADLINE_OPTIMIZERS + RIVALS
+#: the scale suite's fixed optimizers (and the AdamW grid)
+SCALE_OPTIMIZERS = ("alsals", "sls", "salsa", "salsa-ref")
+SCALE_TASK_NAMES = tuple(SCALE_TASKS)
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,9 @@ class Suite:
     core_optimizers: tuple[str, ...] | None = None
     core_grids: tuple[str, ...] = ("adamw",)
     rival_split: str | None = None
+    #: a coarse grid refined: once its points are complete, the two lattice neighbours of each
+    #: selection (half a decade either side) are added, until every selection has both (or the cap)
+    refine_grids: bool = False
 
     def runs_on(self, name: str, split: str, grid: bool = False) -> bool:
         """Whether optimizer (or grid family) ``name`` runs on a task of ``split``."""
@@ -113,6 +125,18 @@ SUITES: dict[str, Suite] = {
         max_extension=3, extra_seeds=(3, 4), extra_seed_optimizers=HEADLINE_OPTIMIZERS,
         extra_seed_grids=("adamw",), train_eval_examples=1024, curve_points=100,
         core_optimizers=HEADLINE_OPTIMIZERS, core_grids=("adamw",), rival_split="test",
+    ),
+    "scale": Suite(
+        "scale",
+        "the scale suite: one byte-level GPT at 0.2M, 1M and 5M parameters (context 128) on the "
+        f"Shakespeare bytes, the same token budget at every size ({SCALE_STEPS} steps of {SCALE_BATCH} "
+        "windows of 128 bytes), seed 0. ALSALS told the run length against AdamW tuned coarse to fine "
+        "(1e-4, 1e-3, 1e-2, then the half-decade neighbours of each selection until both are in the grid), "
+        "and the SLS and SaLSa presets and the authors' SaLSA (use_mv=True). Sized for about an hour "
+        "on 2 cores with --jobs 2 (see alsals_bench.scale).",
+        tasks=SCALE_TASK_NAMES, seeds=(0,), steps_key="full", optimizers=SCALE_OPTIMIZERS,
+        grids={"adamw": (-8, -6, -4)}, max_extension=2, train_eval_examples=256, curve_points=100,
+        refine_grids=True,
     ),
 }
 
@@ -197,6 +221,20 @@ def plan(suite: Suite, runs: Sequence[dict], tasks: Sequence[str], *, optimizers
             info = get_task(task)
             points = compare.grid_points(fam_runs, family, info.metric, info.metric_higher_is_better)
             lo_cap, hi_cap = min(ks) - suite.max_extension, max(ks) + suite.max_extension
+            if suite.refine_grids:
+                refined = False
+                for by in ("train", "val"):
+                    chosen = compare.select(points, by, info.metric_higher_is_better)
+                    if chosen is None:
+                        continue
+                    for k_new in (chosen.k - 1, chosen.k + 1):
+                        if lo_cap <= k_new <= hi_cap and need(task, grid_name(family, k_new), family_seeds):
+                            refined = True
+                            notes.append(PlanNote(task, f"{family} best by {by} at {chosen.lr:g}: refining with "
+                                                        f"{grid_name(family, k_new)}"))
+                if refined:
+                    pending = True
+                    continue
             for by in ("train", "val"):
                 chosen = compare.select(points, by, info.metric_higher_is_better)
                 edge = compare.edge_of(points, chosen)

@@ -9,8 +9,9 @@ single-tensor loop, so this one is labelled and not led with). ALSALS runs witho
 and a size label (:class:`OverheadCase`). :func:`task_case` builds one from a benchmark task (its model
 for seed 0, and a stream of real training batches drawn as the benchmark draws them, the same stream
 for every contender: no small pool of repeated batches, which would make the line search's
-behaviour -- and so its number of forwards -- unlike a real run's). A model-size sweep adds rows
-to :data:`CASES` with other builders and size labels.
+behaviour -- and so its number of forwards -- unlike a real run's). The model-size sweep
+(:mod:`alsals_bench.sweep`) uses :func:`gpt_case`: the GPT shapes of :mod:`alsals_bench.gpt_sizes`
+on the Shakespeare bytes at context 128; :func:`get_case` knows them by their size label.
 
 **Timing.** Each contender gets its own copy of the same initial weights. After ``warmup`` steps each,
 the contenders are timed interleaved (A B C, A B C, ... with the order rotated at every repetition),
@@ -24,7 +25,10 @@ step are counted over the timed steps. CUDA is synchronised around every block.
 
 **Memory.** *Optimizer state bytes* are counted exactly: every tensor held by the optimizer (its
 ``state``, the non-parameter entries of its param groups and its other attributes; parameters and
-gradients excluded). *Peak extra memory of a step* is measured on CUDA only.
+gradients excluded). *Peak extra memory of a step*: on CUDA ``torch.cuda.max_memory_allocated``
+over a window that holds a searched step (:func:`steps_through_next_search`)
+minus what was allocated before it; on the CPU the sweep measures it in a process of its own
+(:mod:`alsals_bench.memory`).
 """
 
 from __future__ import annotations
@@ -93,6 +97,33 @@ def task_case(task_name: str, size: str = "bench") -> OverheadCase:
     return OverheadCase(task_name, f"the {task_name} task's model, real batches", build, size)
 
 
+def gpt_case(label: str, batch_size: int) -> OverheadCase:
+    """A case of the size sweep: the :mod:`alsals_bench.gpt_sizes` shape ``label`` (initialised
+    from seed 0) on a stream of real Shakespeare windows of 128 bytes, ``batch_size`` windows a step
+    (drawn by the benchmark's sampler from seed 0: the same stream for every contender)."""
+    from .gpt_sizes import CONTEXT, get_size
+
+    shape = get_size(label)
+
+    def build(n_steps: int, device: torch.device) -> CaseInstance:
+        from .gpt_sizes import shakespeare_windows
+        from .runner import BatchSampler
+        from .tasks import _build_model, _lm_cross_entropy
+
+        lm = shakespeare_windows()
+        model = _build_model(0, shape.build)
+        sampler = BatchSampler(lm.n_train, batch_size, seed=0)
+        batches = [tuple(t.to(device) for t in lm.batch(sampler.next())) for _ in range(n_steps)]
+
+        def loss(m: nn.Module, batch) -> torch.Tensor:
+            return _lm_cross_entropy(m(batch[0]), batch[1])
+
+        return CaseInstance(model.to(device), lambda i: batches[i % len(batches)], loss, len(batches))
+
+    return OverheadCase(label, f"ByteGPT d_model {shape.d_model}, {shape.n_layers} layers, {shape.n_heads} heads, "
+                               f"context {CONTEXT}, batch {batch_size}, Shakespeare bytes", build, label)
+
+
 #: the cases timed by default (the first three are the dev models of the earlier overhead table)
 CASES: list[OverheadCase] = [
     task_case(name) for name in (
@@ -102,10 +133,16 @@ CASES: list[OverheadCase] = [
 
 
 def get_case(name: str) -> OverheadCase:
+    """A case of :data:`CASES`, or a size of the sweep by its label (``gpt-1M``: the sweep's batch)."""
     for case in CASES:
         if case.name == name:
             return case
-    raise KeyError(f"unknown overhead case {name!r}; known: {', '.join(c.name for c in CASES)}")
+    from .gpt_sizes import SWEEP
+
+    if name in SWEEP:
+        return gpt_case(name, SWEEP[name].batch_size)
+    raise KeyError(f"unknown overhead case {name!r}; known: {', '.join(c.name for c in CASES)} "
+                   f"and the sweep's sizes {', '.join(SWEEP)}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,12 +254,15 @@ def paired_ratio(times: list[float], reference: list[float]) -> float:
 
 
 def measure_case(case: OverheadCase, optimizers, *, device: str = "cpu", warmup: int = 100, repeats: int = 9,
-                 block_steps: int = 40) -> list[dict]:
+                 block_steps: int = 40, references=None) -> list[dict]:
+    """Time ``optimizers`` and the Adam ``references`` (default: all of :data:`REFERENCES`) on
+    ``case``; one row per contender (see the module docstring)."""
     dev = torch.device(device)
     total_steps = warmup + repeats * block_steps + 1
     inst = case.build(total_steps, dev)
     n_params = sum(p.numel() for p in inst.model.parameters())
-    names = [*REFERENCES, *(o for o in optimizers if o not in REFERENCES)]
+    refs_wanted = list(REFERENCES if references is None else references)
+    names = [*refs_wanted, *(o for o in optimizers if o not in REFERENCES)]
     contenders: list[_Contender] = []
     rows: list[dict] = []
     for name in names:
@@ -285,13 +325,33 @@ def measure_case(case: OverheadCase, optimizers, *, device: str = "cpu", warmup:
     return rows
 
 
+def drop_gradients(opt: Any) -> None:
+    """Set every parameter's gradient to None."""
+    for group in getattr(opt, "param_groups", []):
+        for p in group["params"]:
+            p.grad = None
+
+
+def steps_through_next_search(opt: Any) -> int:
+    """Steps from now up to and including the next searched step of an amortised line search
+    (``search_state["steps_until_search"] + 1``); 1 for any other optimizer."""
+    state = getattr(opt, "search_state", None)
+    if not isinstance(state, dict):
+        return 1
+    return int(state.get("steps_until_search", 0)) + 1
+
+
 def _peak_step_bytes(c: _Contender, dev: torch.device) -> int | None:
+    """CUDA: the peak allocated during the steps up to and including the next searched one, above
+    what was allocated before them (gradients dropped first, so every contender starts alike)."""
     if dev.type != "cuda":
         return None
+    drop_gradients(c.optimizer)
     _sync(dev)
     torch.cuda.reset_peak_memory_stats(dev)
     before = torch.cuda.memory_allocated(dev)
-    c.step()
+    for _ in range(steps_through_next_search(c.optimizer)):
+        c.step()
     _sync(dev)
     return int(torch.cuda.max_memory_allocated(dev) - before)
 
@@ -403,11 +463,12 @@ def run_overhead_cli(args, parser) -> int:
         parser.error(exc.args[0])
     optimizers = [o for o in optimizers if o not in REFERENCES]
     command = " ".join(["alsals-bench", *args.argv])
+    out = args.out or os.path.join("bench-out", "overhead")
     try:
-        run_overhead(args.out, cases=cases, optimizers=optimizers, device=args.device, warmup=args.warmup,
-                     repeats=args.repeats, block_steps=args.block_steps, command=command,
+        run_overhead(out, cases=cases, optimizers=optimizers, device=args.device, warmup=args.warmup or 100,
+                     repeats=args.repeats or 9, block_steps=args.block_steps or 40, command=command,
                      log=lambda *a, **k: print(*a, **{"file": sys.stderr, **k}))
     except RuntimeError as exc:
         parser.error(str(exc))
-    print(f"\nwrote {os.path.join(args.out, 'overhead.md')} and overhead.json", file=sys.stderr)
+    print(f"\nwrote {os.path.join(out, 'overhead.md')} and overhead.json", file=sys.stderr)
     return 0

@@ -88,7 +88,11 @@ def _registry_tasks() -> dict[str, Task]:
         if getattr(exc, "name", None) not in (f"{__package__}.tasks", "tasks"):
             raise
         return {}
-    return dict(getattr(task_module, "TASKS", {}))
+    out = dict(getattr(task_module, "TASKS", {}))
+    from .scale import SCALE_TASKS
+
+    out.update(SCALE_TASKS)
+    return out
 
 
 def available_tasks() -> dict[str, Task]:
@@ -111,24 +115,24 @@ def get_task(task: str | Task) -> Task:
 
 
 def resolve_tasks(names: Iterable[str] | None) -> list[str]:
-    """Check task names; ``None`` means every task of ``alsals_bench.tasks.TASKS`` (tasks registered with
-    :func:`register_task` run only when named). The names ``dev`` and ``test`` stand for every task
-    of that split."""
+    """Check task names; ``None`` means every dev and test task of ``alsals_bench.tasks.TASKS`` (the
+    scale suite's tasks, and tasks registered with :func:`register_task`, run only when named). The
+    names ``dev``, ``test`` and ``scale`` stand for every task of that split."""
     known = available_tasks()
     if names is None:
-        return list(_registry_tasks()) or list(known)
+        return [t for t, task in _registry_tasks().items() if task.split in ("dev", "test")] or list(known)
     out: list[str] = []
     for n in names:
         n = n.strip()
         if not n:
             continue
-        if n in ("dev", "test"):
+        if n in ("dev", "test", "scale"):
             expanded = [t for t, task in _registry_tasks().items() if task.split == n]
         elif n in known:
             expanded = [n]
         else:
             listing = ", ".join(sorted(known)) or "(none: alsals_bench.tasks is missing)"
-            raise KeyError(f"unknown task {n!r}; known tasks: {listing} (or a split: dev, test)")
+            raise KeyError(f"unknown task {n!r}; known tasks: {listing} (or a split: dev, test, scale)")
         out += [t for t in expanded if t not in out]
     return out
 
