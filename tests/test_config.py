@@ -20,13 +20,13 @@ def test_the_field_defaults_are_the_default_preset():
     assert alsals.ALSALS(params()).config == ALSALSConfig()
 
 
-def test_the_defaults_are_v0_1_with_the_two_way_search_and_the_anytime_average():
+def test_the_defaults_are_v0_1_with_the_anytime_average():
     default, v01 = resolve_config(None, {}), resolve_config("v0.1", {})
     differing = {f.name for f in dataclasses.fields(ALSALSConfig)
                  if f.name != "preset" and getattr(default, f.name) != getattr(v01, f.name)}
-    assert differing == {"interpolate", "max_increase", "average"}
-    assert (default.interpolate, default.max_increase, default.average) == (True, 4.0, None)
-    assert (v01.interpolate, v01.max_increase, v01.average) == (False, 1.0, False)
+    assert differing == {"average"}
+    assert (default.interpolate, default.max_increase, default.average) == (False, 1.0, None)
+    assert v01.average is False
     # the average is kept only when the run's length is unknown
     assert default.averages and not resolve_config(None, {"total_steps": 10}).averages and not v01.averages
 

@@ -5,7 +5,8 @@ deterministic mini-batch at every step, with curvature large enough that the sea
 momentum that makes the smoothed slope turn negative (ascent handling). ALSALS runs the same problem
 in float64 and must accept the same step sizes and reach the same parameters for 50 steps, with the
 paper's settings (``preset="paper"``), with those of version 0.1 (``preset="v0.1"``: the amortized
-search) and with ours (``ALSALS()``: the amortized two-way search with interpolated cuts).
+search), with ours (``ALSALS()``: the same search) and with the two-way search with interpolated cuts
+(``interpolate=True, max_increase=4``).
 """
 
 import math
@@ -52,8 +53,10 @@ CASES = {
     "paper-ascent": (flipping_batches, {"beta_s": 0.5, "beta1": 0.97}, "paper"),
     # version 0.1's defaults: c = 0.5, beta_s = 0.9, the amortized search with the halving rule
     "v0.1": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True}, "v0.1"),
-    # our defaults (ALSALS()): the same, with interpolated cuts and the two-way search
-    "defaults": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True, "two_way": True}, None),
+    # our defaults (ALSALS()): 0.1's search (the average of the iterates does not change the steps)
+    "defaults": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True}, None),
+    # the option of interpolated cuts and the two-way search (interpolate=True, max_increase=4)
+    "two-way": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True, "two_way": True}, None),
 }
 
 
@@ -178,6 +181,7 @@ def test_alsals_matches_plain_python_replay(case, foreach):
         betas=(hyper.get("beta1", 0.9), 0.999),
         slope_smoothing=hyper.get("beta_s", 0.99),
         foreach=foreach,
+        **({"interpolate": True, "max_increase": 4.0} if hyper.get("two_way") else {}),
     )
     etas = []
     for xs, ys in batches:

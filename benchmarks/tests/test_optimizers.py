@@ -153,7 +153,7 @@ def test_the_recorded_configuration_of_alsals_and_of_torch():
     cfg = rec["optimizer_config"]["optimizer"]
     assert cfg["class"] == "alsals.optimizer.ALSALS"
     assert cfg["config"]["c"] == 0.5 and cfg["config"]["total_steps"] == 3
-    assert cfg["config"]["interpolate"] is True and cfg["config"]["preset"] == "default"
+    assert cfg["config"]["average"] is None and cfg["config"]["preset"] == "default"
     assert cfg["settings"]["arguments"] == {"total_steps": 3}
     rec = runner.run_one("synthetic", "adamw-lr3e-3", 0, 3, train_eval_examples=32)
     cfg = rec["optimizer_config"]["optimizer"]

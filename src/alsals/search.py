@@ -84,8 +84,8 @@ class SearchConfig:
     ascent_handling: bool = True
     growth_per: str = "step"
     initial_step_size: float = 0.1
-    interpolate: bool = True
-    max_increase: float = 4.0
+    interpolate: bool = False
+    max_increase: float = 1.0
     rate_smoothing: bool = False
 
     def __post_init__(self) -> None:

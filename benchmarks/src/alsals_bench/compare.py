@@ -339,8 +339,9 @@ def summarize(runs: Sequence[dict]) -> dict:
 
 #: the configurations the 0.2 defaults were chosen among (docs/benchmarks.md, "Ablations"): told the
 #: run's length, and not told it
-DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase-only", "alsals")
-ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-anytime-no-average", "alsals-anytime")
+DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase-only", "alsals-two-way")
+ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average", "alsals-two-way-anytime",
+                      "alsals-anytime")
 
 
 def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> list[dict]:
@@ -366,7 +367,7 @@ def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> 
     for left_out in tasks:
         others = [t for t in tasks if t != left_out]
 
-        def score(name: str) -> float:
+        def score(name: str, others: list[str] = others) -> float:
             value = stats.geomean([ratio(name, t) for t in others])
             return value if stats.finite(value) else math.inf
 

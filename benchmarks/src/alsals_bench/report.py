@@ -21,7 +21,8 @@ from .results import commands_of, write_results
 #: the rows of the headline tables, in this order (others present follow)
 ROW_ORDER = (
     "alsals", "alsals-anytime", "alsals-v0.1", "alsals-v0.1-anytime", "alsals-interpolate-only",
-    "alsals-increase-only", "alsals-anytime-no-average", "alsals-no-amortisation", "alsals-paper",
+    "alsals-increase-only", "alsals-two-way", "alsals-two-way-anytime", "alsals-two-way-anytime-no-average",
+    "alsals-no-amortisation", "alsals-paper",
     "adamw (best by train)", "adamw (best by val)", "sfadamw (best by train)", "sfadamw (best by val)",
     "sls", "sls-anneal", "salsa", "salsa-anneal", "salsa-ref", "salsa-ref-anneal", "salsa-ref-default",
     "adamsls-ref", "adamsls-ref-anneal", "prodigy", "dadapt-adam", "dog",
@@ -34,7 +35,9 @@ ROW_NOTES = {
     "alsals-v0.1-anytime": "ALSALS(preset='v0.1'): the 0.1 defaults, no anneal, no average",
     "alsals-interpolate-only": "ablation: 0.1 + interpolated cuts (no increase), total_steps=T",
     "alsals-increase-only": "ablation: 0.1 + the two-way search (fixed cuts), total_steps=T",
-    "alsals-anytime-no-average": "ablation: ALSALS(average=False), no anneal, evaluated at the iterate",
+    "alsals-two-way": "ablation: 0.1 + interpolated cuts + the two-way search, total_steps=T",
+    "alsals-two-way-anytime": "ablation: the same, no anneal, evaluated at its average",
+    "alsals-two-way-anytime-no-average": "ablation: the same, no anneal, evaluated at the iterate",
     "alsals-no-amortisation": "ablation: ALSALS(amortized=False, total_steps=T), a search every step",
     "alsals-paper": "ALSALS(preset='paper')",
     "adamw (best by train)": "tuned: AdamW grid point best by train loss",
