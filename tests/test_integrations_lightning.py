@@ -16,7 +16,7 @@ L = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 import alsals  # noqa: E402
-from alsals.integrations.lightning import ForwardOnlyTrials, StepSizeLogger, check_trainer  # noqa: E402
+from alsals.integrations.lightning import ForwardOnlyTrials, StepSizeLogger, alsals_optimizers, check_trainer  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -293,3 +293,36 @@ def test_cost_example_runs_and_the_three_modes_agree():
     assert results["forward_only"]["final_loss"] == pytest.approx(results["manual"]["final_loss"], rel=1e-5)
     assert results["automatic"]["backward_per_step"] == results["automatic"]["forward_per_step"]
     assert results["forward_only"]["backward_per_step"] == results["manual"]["backward_per_step"] == 1.0
+
+
+class Validated(Automatic):
+    """Records the weights its validation steps see."""
+
+    def __init__(self):
+        super().__init__(dropout=0.0)
+        self.seen = []
+
+    def validation_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            self.seen.append([p.detach().clone() for p in self.parameters()])
+        x, y = batch
+        self.log("val_loss", F.mse_loss(self.net(x), y))
+
+
+def test_evaluate_average_validates_at_the_average_and_trains_at_the_iterates(tmp_path):
+    from alsals.integrations.lightning import EvaluateAverage
+
+    model = Validated()
+    trainer = make_trainer(tmp_path, max_steps=32, callbacks=[EvaluateAverage()], val_check_interval=16,
+                           limit_val_batches=1, num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(model, regression_loader(), regression_loader(batch_size=64))
+    opt = alsals_optimizers(trainer)[0]
+    assert opt.config.averages and opt.counters["steps"] == 32 and len(model.seen) == 2
+    assert not opt.search_state["averaged_in"]  # back at the iterates after every validation
+    iterate = [p.detach().clone() for p in model.parameters()]
+    opt.eval()  # the average after step 32 is what the last validation saw
+    assert all(torch.equal(a, b) for a, b in zip(model.seen[-1], model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(iterate, model.parameters()))
+    opt.train()

@@ -35,7 +35,7 @@ try:
 except ImportError as _error:  # pragma: no cover - exercised in a subprocess by the tests
     raise _missing_extra("lightning", "lightning", _error) from _error
 
-__all__ = ["StepSizeLogger", "ForwardOnlyTrials", "check_trainer", "alsals_optimizers"]
+__all__ = ["StepSizeLogger", "EvaluateAverage", "ForwardOnlyTrials", "check_trainer", "alsals_optimizers"]
 
 
 def _unwrap(optimizer: Any) -> Any:
@@ -138,6 +138,41 @@ class StepSizeLogger(Callback):
                     prog_bar=self.prog_bar and name.endswith("/step_size"),
                     batch_size=1,
                 )
+
+
+class EvaluateAverage(Callback):
+    """Validate, test and predict at ALSALS's average of the iterates, and train at the iterates.
+
+    Without ``total_steps`` :class:`~alsals.ALSALS` keeps a polynomial-decay average of its iterates
+    (``average=None``, the default); Lightning does not call ``optimizer.eval()``/``optimizer.train()``
+    itself (the Hugging Face Trainer does), so this callback does: ``opt.eval()`` when a validation,
+    test or predict loop starts and ``opt.train()`` when it ends, for every ALSALS optimizer. With
+    ``total_steps`` (no average) it changes nothing. A checkpoint written during validation holds the
+    iterates' optimizer state with the average swapped in; loading it and training on is exact.
+    """
+
+    @staticmethod
+    def _swap(trainer: "pl.Trainer", to_average: bool) -> None:
+        for opt in alsals_optimizers(trainer):
+            opt.eval() if to_average else opt.train()
+
+    def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._swap(trainer, True)
+
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._swap(trainer, False)
+
+    def on_test_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._swap(trainer, True)
+
+    def on_test_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._swap(trainer, False)
+
+    def on_predict_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._swap(trainer, True)
+
+    def on_predict_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._swap(trainer, False)
 
 
 class _SkipStep(Exception):
