@@ -309,20 +309,39 @@ class Validated(Automatic):
         self.log("val_loss", F.mse_loss(self.net(x), y))
 
 
-def test_evaluate_average_validates_at_the_average_and_trains_at_the_iterates(tmp_path):
+def test_evaluate_average_validates_and_checkpoints_the_average_and_trains_at_the_iterates(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     from alsals.integrations.lightning import EvaluateAverage
 
+    def trainer_with(callbacks, max_steps):
+        return L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=callbacks, val_check_interval=16,
+                         limit_val_batches=1, num_sanity_val_steps=0)
+
     model = Validated()
-    trainer = make_trainer(tmp_path, max_steps=32, callbacks=[EvaluateAverage()], val_check_interval=16,
-                           limit_val_batches=1, num_sanity_val_steps=0)
+    best = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val_loss", save_top_k=1, save_last=True)
+    trainer = trainer_with([EvaluateAverage(), best], 32)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         trainer.fit(model, regression_loader(), regression_loader(batch_size=64))
     opt = alsals_optimizers(trainer)[0]
     assert opt.config.averages and opt.counters["steps"] == 32 and len(model.seen) == 2
-    assert not opt.search_state["averaged_in"]  # back at the iterates after every validation
-    iterate = [p.detach().clone() for p in model.parameters()]
-    opt.eval()  # the average after step 32 is what the last validation saw
+    # after fit the model holds what the last validation scored: the average after step 32
+    assert opt.search_state["averaged_in"]
     assert all(torch.equal(a, b) for a, b in zip(model.seen[-1], model.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(iterate, model.parameters()))
-    opt.train()
+    # the best checkpoint holds the weights that earned its score
+    best_index = 0 if "step=16" in best.best_model_path else 1
+    saved = torch.load(best.best_model_path, weights_only=False)["state_dict"]
+    assert all(torch.equal(saved[name], w) for (name, _), w in zip(model.named_parameters(), model.seen[best_index]))
+    opt.train()  # the iterate back, and it differs from the average
+    assert any(not torch.equal(a, b) for a, b in zip(model.seen[-1], model.parameters()))
+    # training resumes from the checkpoint at the iterates, exactly
+    resumed = Validated()
+    trainer2 = trainer_with([EvaluateAverage(), ModelCheckpoint(dirpath=tmp_path / "ckpt2")], 33)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer2.fit(resumed, regression_loader(), regression_loader(batch_size=64), ckpt_path=best.last_model_path)
+    opt2 = alsals_optimizers(trainer2)[0]
+    assert opt2.counters["steps"] == 33 and not opt2.search_state["averaged_in"]
+    assert all(torch.isfinite(p).all() for p in resumed.parameters())

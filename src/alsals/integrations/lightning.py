@@ -145,34 +145,32 @@ class EvaluateAverage(Callback):
 
     Without ``total_steps`` :class:`~alsals.ALSALS` keeps a polynomial-decay average of its iterates
     (``average=None``, the default); Lightning does not call ``optimizer.eval()``/``optimizer.train()``
-    itself (the Hugging Face Trainer does), so this callback does: ``opt.eval()`` when a validation,
-    test or predict loop starts and ``opt.train()`` when it ends, for every ALSALS optimizer. With
-    ``total_steps`` (no average) it changes nothing. A checkpoint written during validation holds the
-    iterates' optimizer state with the average swapped in; loading it and training on is exact.
+    itself (the Hugging Face Trainer does), so this callback does, for every ALSALS optimizer:
+    ``opt.eval()`` when a validation, test or predict loop starts, ``opt.train()`` when the next
+    training batch starts. In between, the model holds the weights that were evaluated: a checkpoint
+    written after validation (``ModelCheckpoint`` runs after every other callback) holds the average
+    that earned its score, with the optimizer state that swaps the iterates back when training
+    resumes, and after ``fit()`` the model holds the average of its last validation (call
+    ``opt.train()`` for the last iterate). With ``total_steps`` (no average) it changes nothing.
     """
 
     @staticmethod
-    def _swap(trainer: "pl.Trainer", to_average: bool) -> None:
+    def _to_average(trainer: "pl.Trainer") -> None:
         for opt in alsals_optimizers(trainer):
-            opt.eval() if to_average else opt.train()
+            opt.eval()
 
     def on_validation_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._swap(trainer, True)
-
-    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._swap(trainer, False)
+        self._to_average(trainer)
 
     def on_test_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._swap(trainer, True)
-
-    def on_test_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._swap(trainer, False)
+        self._to_average(trainer)
 
     def on_predict_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._swap(trainer, True)
+        self._to_average(trainer)
 
-    def on_predict_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._swap(trainer, False)
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int) -> None:
+        for opt in alsals_optimizers(trainer):
+            opt.train()
 
 
 class _SkipStep(Exception):
