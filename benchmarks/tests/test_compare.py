@@ -149,7 +149,11 @@ def test_leave_one_task_out_chooses_on_the_other_tasks_and_checks_the_left_out_o
         runs += _adam(task=task, split="dev")
         for name, by_task in ratios.items():
             runs += [record(task, name, s, 0.01 * by_task[task], split="dev") for s in range(3)]
+    # extra seeds of one candidate alone do not take part (they would make "a" lose on t0 and t1)
+    runs += [record(task, "a", s, 0.01 * 50.0, split="dev") for task in ("t0", "t1") for s in (3, 4)]
+    runs += [record(task, "adamw-lr1e-4", s, 0.01, split="dev") for task in ("t0", "t1") for s in (3, 4)]
     rows = compare.leave_one_task_out(compare.summarize(runs), "dev", ("a", "b", "missing"))
+    assert all(r["seeds"] == [0, 1, 2] for r in rows)
     assert [(r["task"], r["choice"]) for r in rows] == [("t0", "b"), ("t1", "b"), ("t2", "a")]
     assert [r["passes"] for r in rows] == [True, True, False]
     assert rows[2]["ratio"] == pytest.approx(4.0) and rows[2]["best_on_task"] == "b"

@@ -351,18 +351,30 @@ def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> 
     ratio (to AdamW tuned on train loss) over the *other* tasks is the choice made without ``t``; the
     row gives that choice, its ratio and held-out verdict on ``t``, and the best candidate on ``t``
     itself. A default passes on ``t`` when the choice made without ``t`` beats the tuned AdamW there
-    (ratio below 1). Candidates with no runs on every task of the split are left out.
+    (ratio below 1). Candidates with no runs on every task of the split are left out. On every task
+    the candidates are compared on the seeds they all have (extra seeds, added where one candidate's
+    seeds disagreed, would otherwise weigh on that candidate alone).
     """
     sp = summary["splits"].get(split)
     if sp is None:
         return []
     tasks = sp["tasks"]
 
-    def ratio(name: str, task: str) -> float:
+    def optimisation_of(name: str, task: str) -> dict | None:
         o = summary["tasks"][task]["entries"].get(name, {}).get("optimisation")
-        return o["geomean"] if o and o["seeds"] else math.nan
+        return o if o and o["seeds"] else None
 
-    present = [c for c in candidates if all(stats.finite(ratio(c, t)) or ratio(c, t) == math.inf for t in tasks)]
+    available = [c for c in candidates if all(optimisation_of(c, t) for t in tasks)]
+    common = {t: sorted(set.intersection(*(set(optimisation_of(c, t)["seeds"]) for c in available)))
+              for t in tasks} if available else {}
+
+    def ratio(name: str, task: str) -> float:
+        o = optimisation_of(name, task)
+        if o is None or not common.get(task):
+            return math.nan
+        return stats.geomean([r for s, r in zip(o["seeds"], o["ratios"]) if s in common[task]])
+
+    present = [c for c in available if all(stats.finite(ratio(c, t)) or ratio(c, t) == math.inf for t in tasks)]
     rows = []
     for left_out in tasks:
         others = [t for t in tasks if t != left_out]
@@ -380,6 +392,7 @@ def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> 
             "task": left_out, "choice": choice, "score_without": score(choice),
             "ratio": ratio(choice, left_out), "verdict": gen.get("verdict"), "best_on_task": best_here,
             "best_ratio": ratio(best_here, left_out), "passes": ratio(choice, left_out) < 1.0,
+            "seeds": common[left_out],
         })
     return rows
 

@@ -141,7 +141,7 @@ def header_markdown(meta: dict, runs: Sequence[dict], title: str | None = None) 
         lines += [f"  - `{c}`" for c in commands]
     git = Counter()
     machines = Counter()
-    packages = None
+    versions: dict[str, Counter] = {}
     for r in runs:
         p = r.get("provenance") or {}
         g = p.get("git") or {}
@@ -151,7 +151,9 @@ def header_markdown(meta: dict, runs: Sequence[dict], title: str | None = None) 
         if m:
             machines[f"{m.get('cpu_model')} ({m.get('cpu_count')} cores, {m.get('usable_cores')} usable), "
                      f"{m.get('platform')}, Python {m.get('python')}"] += 1
-        packages = packages or p.get("packages")
+        for name, version in (p.get("packages") or {}).items():
+            if version:
+                versions.setdefault(name, Counter())[version] += 1
     if git:
         lines.append("- **git**: " + "; ".join(
             f"{(c or 'no checkout')[:12]}{' (dirty tree)' if d else ''}: {n} runs" for (c, d), n in git.items()))
@@ -160,8 +162,10 @@ def header_markdown(meta: dict, runs: Sequence[dict], title: str | None = None) 
     threads = sorted({(r.get("config") or {}).get("threads") for r in runs} - {None})
     if threads:
         lines.append(f"- **threads per run**: {', '.join(map(str, threads))}")
-    if packages:
-        lines.append("- **packages**: " + ", ".join(f"{k} {v}" for k, v in packages.items() if v))
+    if versions:  # every version seen, with its run count where the records differ
+        lines.append("- **packages**: " + ", ".join(
+            f"{k} {next(iter(c))}" if len(c) == 1 else f"{k} " + " / ".join(f"{v} ({n} runs)" for v, n in c.items())
+            for k, c in versions.items()))
     for key, label in (("started", "started"), ("finished", "finished"), ("jobs", "jobs")):
         if meta.get(key) not in (None, ""):
             lines.append(f"- **{label}**: {meta[key]}")

@@ -21,8 +21,8 @@ from . import compare, report, stats
 from .report import fmt, fmt_diff, fmt_interval, table
 
 #: the rows of the README's compact table
-README_ROWS = ("alsals", "alsals-anytime", "sfadamw (best by train)", "salsa-ref", "salsa-ref-anneal", "sls-anneal",
-               "prodigy", "dog")
+README_ROWS = ("alsals", "alsals-anytime", "sfadamw (best by train)", "salsa-ref-default", "salsa-ref",
+               "salsa-ref-anneal", "sls-anneal", "prodigy", "dadapt-adam", "dog")
 _REGION = re.compile(r"(<!-- bench:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -269,13 +269,14 @@ def loo_region(summary: dict, split: str = "dev") -> str:
         if not rows:
             parts.append(f"({title}: no runs of every candidate on the {split} split)")
             continue
-        body = [[f"`{r['task']}`", f"`{r['choice']}`", fmt(r["score_without"]), fmt(r["ratio"]),
+        body = [[f"`{r['task']}`", ", ".join(map(str, r["seeds"])), f"`{r['choice']}`", fmt(r["score_without"]),
+                 fmt(r["ratio"]),
                  "yes" if r["passes"] else "**no**", r["verdict"] or "—",
                  f"`{r['best_on_task']}` ({fmt(r['best_ratio'])})"] for r in rows]
         passed = sum(r["passes"] for r in rows)
         parts.append(f"**{title.capitalize()}** (candidates: {', '.join(f'`{c}`' for c in candidates)}); "
                      f"the choice without the task beats tuned AdamW on it on {passed} of {len(rows)} tasks.\n\n"
-                     + report.table(["left-out task", "chosen on the other tasks", "their geo-mean",
+                     + report.table(["left-out task", "seeds compared", "chosen on the other tasks", "their geo-mean",
                                      "ratio on the left-out task", "below 1", "held-out verdict",
                                      "best candidate on the task"], body))
     return "\n\n".join(parts)
