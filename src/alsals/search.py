@@ -252,6 +252,22 @@ def boundary_ratio(
     return max(root, 0.0) / step_size
 
 
+def smoothed_boundary_ratio(
+    decrease: Optional[float],
+    step_size: float,
+    slope: float,
+    smoothed_slope: float,
+    smoothed_decrease: float,
+    c_eff: float,
+    config: SearchConfig,
+) -> Optional[float]:
+    """:func:`boundary_ratio` of the condition the search tests (``config``'s smoothing and rate
+    smoothing)."""
+    return boundary_ratio(
+        decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config.smoothing, config.rate_smoothing
+    )
+
+
 def next_cut(
     decrease: Optional[float],
     step_size: float,
@@ -266,9 +282,7 @@ def next_cut(
     (``backtrack`` where the model does not apply)."""
     if not config.interpolate:
         return config.backtrack
-    ratio = boundary_ratio(
-        decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config.smoothing, config.rate_smoothing
-    )
+    ratio = smoothed_boundary_ratio(decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config)
     if ratio is None:
         return config.backtrack
     return min(config.backtrack, max(MIN_CUT, ratio))
@@ -362,9 +376,7 @@ def _try_increase(
     if raw is None or raw < INCREASE_THRESHOLD:
         return accepted  # the accepted step is within a factor INCREASE_THRESHOLD of the boundary
     accepted = replace(accepted, unconfirmed=True)
-    smoothed = boundary_ratio(
-        decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config.smoothing, config.rate_smoothing
-    )
+    smoothed = smoothed_boundary_ratio(decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config)
     if smoothed is None or smoothed < INCREASE_THRESHOLD:
         return accepted  # held back by the smoothed condition: search again soon
     larger = min(step_size * min(config.backtrack * smoothed, config.max_increase), config.max_step_size)

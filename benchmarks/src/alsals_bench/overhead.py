@@ -445,12 +445,17 @@ def run_overhead(out_dir: str | None, *, cases=None, optimizers=DEFAULT_OPTIMIZE
     log(table)
     result = {"meta": meta, "rows": rows}
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "overhead.json"), "w", encoding="utf-8") as f:
-            json.dump(clean(result), f, indent=1, allow_nan=False, default=str)
-        with open(os.path.join(out_dir, "overhead.md"), "w", encoding="utf-8") as f:
-            f.write(md)
+        write_outputs(out_dir, "overhead", result, md)
     return result
+
+
+def write_outputs(out_dir: str, stem: str, result: dict, markdown: str) -> None:
+    """``{stem}.json`` (the result, strict JSON) and ``{stem}.md`` in ``out_dir`` (created)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{stem}.json"), "w", encoding="utf-8") as f:
+        json.dump(clean(result), f, indent=1, allow_nan=False, default=str)
+    with open(os.path.join(out_dir, f"{stem}.md"), "w", encoding="utf-8") as f:
+        f.write(markdown)
 
 
 def run_overhead_cli(args, parser) -> int:

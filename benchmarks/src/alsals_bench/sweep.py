@@ -39,7 +39,6 @@ against the parameter count; the peak extra memory per parameter).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -50,9 +49,8 @@ import torch
 from . import memory
 from .gpt_sizes import DEFAULT_SIZES, SWEEP, SweepSize  # noqa: F401 (SweepSize: re-exported)
 from .optimizers import resolve_optimizers
-from .overhead import REFERENCES, gpt_case, measure_case
+from .overhead import REFERENCES, gpt_case, measure_case, write_outputs
 from .provenance import load_average, provenance
-from .results import clean
 
 #: the ALSALS variants of the sweep (the Adam references are :data:`SWEEP_REFERENCES`)
 CONTENDERS = ("alsals", "alsals-no-amortisation")
@@ -152,11 +150,7 @@ def run_sweep(out_dir: str | None, *, sizes=DEFAULT_SIZES, optimizers=CONTENDERS
     meta["loadavg_end"] = load_average()
     result = {"meta": meta, "rows": rows}
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "sweep.json"), "w", encoding="utf-8") as f:
-            json.dump(clean(result), f, indent=1, allow_nan=False, default=str)
-        with open(os.path.join(out_dir, "sweep.md"), "w", encoding="utf-8") as f:
-            f.write(render_markdown(result))
+        write_outputs(out_dir, "sweep", result, render_markdown(result))
         plot_sweep(rows, os.path.join(out_dir, "sweep.png"))
     log(render_table(rows))
     return result
@@ -286,6 +280,21 @@ def render_markdown(result: dict) -> str:
 # the plot
 
 
+def _log_log_panel(ax, ylabel: str, title: str) -> bool:
+    """Log-log axes against the parameter count, labelled and gridded; a legend when something was
+    plotted (the return value)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    plotted = bool(ax.get_legend_handles_labels()[0])
+    if plotted:
+        ax.legend(fontsize=7)
+    return plotted
+
+
 def plot_sweep(rows: list[dict], path: str) -> str:
     """Two log-log panels against the parameter count: the time ratios of both ALSALS variants to
     Adam foreach and to Adam fused (the goals dotted), and the peak extra bytes per parameter."""
@@ -307,14 +316,7 @@ def plot_sweep(rows: list[dict], path: str) -> str:
         ax_t.axhline(y, color="gray", linestyle=":", linewidth=1)
         ax_t.annotate(f"goal {text}", (0.01, y), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
     ax_t.axhline(1.0, color="black", linewidth=0.8)
-    ax_t.set_xscale("log")
-    ax_t.set_yscale("log")
-    ax_t.set_xlabel("parameters")
-    ax_t.set_ylabel("time per step ÷ Adam's (paired median)")
-    ax_t.set_title("time per step relative to Adam")
-    ax_t.grid(True, which="both", alpha=0.3)
-    if ax_t.get_legend_handles_labels()[0]:
-        ax_t.legend(fontsize=7)
+    _log_log_panel(ax_t, "time per step ÷ Adam's (paired median)", "time per step relative to Adam")
     for name, color in (("adam-foreach", "black"), ("adam-fused", "dimgray"), ("alsals", "tab:blue"),
                         ("alsals-no-amortisation", "tab:red")):
         pts = sorted((r["params"], _num(r.get("peak_extra_bytes_per_param"))) for r in rows if r["optimizer"] == name)
@@ -327,15 +329,8 @@ def plot_sweep(rows: list[dict], path: str) -> str:
     ref = [(n, v + BUFFER_BYTES) for n, v in ref if math.isfinite(v) and v > 0]
     if ref:
         ax_m.plot(*zip(*ref), ":", color="gray", label="goal: Adam foreach + one fp32 buffer")
-    ax_m.set_xscale("log")
-    ax_m.set_yscale("log")
-    ax_m.set_xlabel("parameters")
-    ax_m.set_ylabel("peak extra bytes per parameter")
-    ax_m.set_title("peak memory of a step (gradients, activations, temporaries)")
-    ax_m.grid(True, which="both", alpha=0.3)
-    if ax_m.get_legend_handles_labels()[0]:
-        ax_m.legend(fontsize=7)
-    else:
+    if not _log_log_panel(ax_m, "peak extra bytes per parameter",
+                          "peak memory of a step (gradients, activations, temporaries)"):
         ax_m.text(0.5, 0.5, "peak memory not measured", ha="center", va="center", transform=ax_m.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
