@@ -429,7 +429,8 @@ def test_an_increase_or_an_unconfirmed_step_halves_the_interval_as_a_cut_does():
         assert after.increases == result.increases
 
 
-def test_the_two_way_search_recovers_a_step_size_far_below_the_boundary():
+@pytest.mark.parametrize("increase_test", ["smoothed", "batch"])
+def test_the_two_way_search_recovers_a_step_size_far_below_the_boundary(increase_test):
     """Started far too small (as after a first search that collapsed on Adam's sign-like step-1
     direction), the two-way search climbs to the Armijo boundary in a few searches; the one-way
     search can only grow by γ = 1/0.999 per step."""
@@ -443,7 +444,7 @@ def test_the_two_way_search_recovers_a_step_size_far_below_the_boundary():
         return opt
 
     one_way = run(interpolate=False, max_increase=1.0)
-    two_way = run(interpolate=True, max_increase=4.0)
+    two_way = run(interpolate=True, max_increase=4.0, increase_test=increase_test)
     assert one_way.step_size < 1.1e-5 and one_way.counters["increases"] == 0
     assert two_way.step_size > 100 * one_way.step_size
     assert two_way.counters["increases"] >= 4
@@ -460,3 +461,41 @@ def test_rate_smoothing_lets_a_search_increase_without_the_lag_of_the_smoothed_d
     )
     assert lagging.increases == 0 and asked_lagging == [] and lagging.unconfirmed
     assert rate.increases == 1 and rate.step_size == pytest.approx(4 * eta)
+
+
+def test_a_batch_confirmed_increase_passes_where_the_lagging_smoothed_condition_holds_it_back():
+    """increase_test="batch": h built at half the step no longer holds a larger step back; it is moved
+    to the larger step, and the state carries the moved value."""
+    eta, slope = 0.01, 1.0
+    profile = quadratic(slope, 1e-3)  # nearly flat: the batch's boundary is far
+    h = profile(eta / 2)
+    config = SearchConfig(max_increase=4.0, increase_test="batch")
+    result, asked = run_search(profile, eta, slope, slope, h, config)
+    assert asked == [pytest.approx(4 * eta)]  # β_b of the (far) batch boundary, capped at max_increase
+    assert result.increases == 1 and result.step_size == pytest.approx(4 * eta) and not result.unconfirmed
+    assert result.smoothed_decrease == pytest.approx(0.9 * h * 4.0 + 0.1 * profile(4 * eta))
+
+
+def test_a_batch_confirmed_increase_needs_a_real_decrease_on_this_batch():
+    """The smoothed condition passes a step that raises the loss on credit (β_s·h outweighs it); the
+    batch's own Armijo condition does not, so a batch-confirmed increase is refused there."""
+    eta, slope = 0.01, 1.0
+
+    def profile(x):  # flat up to 2η, then the loss rises by a little
+        return x if x <= 2 * eta else -0.1 * x
+
+    h = 10.0 * eta  # a large carried decrease: the credit
+    smoothed = SearchConfig(max_increase=4.0)
+    batch = SearchConfig(max_increase=4.0, increase_test="batch")
+    on_credit, _ = run_search(profile, eta, slope, slope, h, smoothed)
+    confirmed, asked = run_search(profile, eta, slope, slope, h, batch)
+    assert on_credit.increases == 1 and on_credit.step_size > 2 * eta  # the smoothed test let it through
+    assert len(asked) == 1 and confirmed.increases == 0 and confirmed.step_size == eta
+    assert confirmed.unconfirmed and confirmed.trials == 2
+
+
+def test_the_increase_test_is_validated():
+    with pytest.raises(ValueError, match="increase_test"):
+        SearchConfig(increase_test="raw")
+    with pytest.raises(ValueError, match="increase_test"):
+        alsals.ALSALS([torch.nn.Parameter(torch.zeros(2))], increase_test="both")

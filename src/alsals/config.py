@@ -31,7 +31,7 @@ from typing import Any, Dict, Mapping, Optional
 from . import kernels
 from ._validation import check_bool, check_choice, check_int, check_range
 from .anneal import ANNEAL_SHAPES, anneal_factor
-from .search import GROWTH_PER, INTERVAL_RULES, AmortizationConfig, SearchConfig
+from .search import GROWTH_PER, INCREASE_TESTS, INTERVAL_RULES, AmortizationConfig, SearchConfig
 
 #: how the slope ``D = gᵀd`` is obtained
 SLOPE_METHODS = ("exact", "finite_difference")
@@ -59,6 +59,7 @@ _V0_1: Dict[str, Any] = dict(
     interpolate=False,
     max_increase=1.0,
     rate_smoothing=False,
+    increase_test="smoothed",
     average=False,
 )
 
@@ -135,6 +136,7 @@ class ALSALSConfig:
     interpolate: bool = False
     max_increase: float = 1.0
     rate_smoothing: bool = False
+    increase_test: str = "smoothed"
     average: Optional[bool] = None
     total_steps: Optional[int] = None
     foreach: Optional[bool] = None
@@ -171,6 +173,7 @@ class ALSALSConfig:
             ("slope", SLOPE_METHODS),
             ("search_interval_rule", INTERVAL_RULES),
             ("anneal", ANNEAL_SHAPES),
+            ("increase_test", INCREASE_TESTS),
         ):
             check_choice(name, getattr(self, name), allowed)
         if self.fused and self.foreach is False:
@@ -201,6 +204,7 @@ class ALSALSConfig:
             interpolate=self.interpolate,
             max_increase=float(self.max_increase),
             rate_smoothing=self.rate_smoothing,
+            increase_test=self.increase_test,
         )
 
     @cached_property

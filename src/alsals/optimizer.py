@@ -206,6 +206,10 @@ class ALSALS(Optimizer):
         rate_smoothing: smooth the decrease per unit step ``Δ/η`` and test ``r' ≥ c_eff·s`` instead of the
             paper's ``h' ≥ c_eff·η·s`` (the same at a constant ``η``; see
             :class:`~alsals.search.SearchConfig`).
+        increase_test: what the two-way search's larger trial must pass: ``"smoothed"`` (the
+            smoothed condition as it stands; it lags behind a growing step) or ``"batch"`` (the
+            batch's own Armijo condition, and the smoothed one with the carried decrease moved to the
+            larger step; see :class:`~alsals.search.SearchConfig`).
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
         min_step_size, max_step_size: bounds of the step size (1e-10, 10).
@@ -286,6 +290,7 @@ class ALSALS(Optimizer):
         interpolate: Optional[bool] = None,
         max_increase: Optional[float] = None,
         rate_smoothing: Optional[bool] = None,
+        increase_test: Optional[str] = None,
         average: Optional[bool] = None,
         total_steps: Optional[int] = None,
         foreach: Optional[bool] = None,
@@ -308,7 +313,7 @@ class ALSALS(Optimizer):
                 amortized=amortized, max_search_interval=max_search_interval,
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
                 interpolate=interpolate, max_increase=max_increase, rate_smoothing=rate_smoothing,
-                average=average,
+                increase_test=increase_test, average=average,
                 total_steps=total_steps, foreach=foreach, fused=fused, distributed=distributed,
                 check_consistency=check_consistency,
             ),

@@ -39,6 +39,8 @@ from ._validation import check_bool, check_choice, check_int, check_range
 GROWTH_PER = ("step", "search")
 #: how the interval between amortized searches adapts
 INTERVAL_RULES = ("halving", "doubling", "salsa")
+#: what a two-way search's larger trial must pass (:func:`backtrack`)
+INCREASE_TESTS = ("smoothed", "batch")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,15 @@ class SearchConfig:
             the same while ``η`` is constant; the paper's mixes decreases measured at earlier step
             sizes with the current one, so after ``η`` changes it lags for about ``1/(1 − β_s)``
             searches (a larger step cannot pass, a smaller one passes on credit).
+        increase_test: what the larger trial of a two-way search must pass. ``"smoothed"``: the
+            smoothed condition as it stands (it lags behind a growing step, so increases are rare).
+            ``"batch"``: the batch's own Armijo condition ``Δ(x) ≥ c·x·D`` (no credit from earlier
+            batches: the loss must really fall on this batch), *and* the smoothed condition with the
+            carried ``h`` moved to the new step size, ``β_s·h·x/η + (1 − β_s)·Δ(x) ≥ c_eff·x·s``
+            (``h`` was measured at ``η``; along a direction where the loss is nearly linear a decrease
+            scales with the step); the moved ``h`` is what the next search carries. The paper's
+            smoothing is kept everywhere else, so the search only ever moves to a larger step that
+            this batch confirms.
     """
 
     c: float = 0.5
@@ -87,6 +98,7 @@ class SearchConfig:
     interpolate: bool = False
     max_increase: float = 1.0
     rate_smoothing: bool = False
+    increase_test: str = "smoothed"
 
     def __post_init__(self) -> None:
         check_range("c", self.c, 0.0, 1.0, low_open=True, high_open=True)
@@ -105,6 +117,7 @@ class SearchConfig:
         check_bool("interpolate", self.interpolate)
         check_bool("rate_smoothing", self.rate_smoothing)
         check_range("max_increase", self.max_increase, 1.0, math.inf, low_open=False, high_open=True)
+        check_choice("increase_test", self.increase_test, INCREASE_TESTS)
 
     def clamp(self, step_size: float) -> float:
         """``step_size`` limited to ``[min_step_size, max_step_size]``."""
@@ -366,30 +379,57 @@ def _try_increase(
 ) -> SearchResult:
     """The increase of a two-way search after an accepted first trial (see :func:`backtrack`).
 
-    Two models of the first trial decide: the batch's own boundary (the unsmoothed condition,
-    ``raw``) says whether the step size is confirmed, and the boundary of the smoothed condition the
-    search actually tests (``smoothed``; it lags behind a growing step size, see
-    :func:`boundary_ratio`) says whether a larger trial can pass and where to put it: at ``β_b`` of
-    that boundary, at most ``max_increase`` times the first trial."""
+    The batch's own boundary (the unsmoothed condition's model, ``raw``) says whether the step size
+    is confirmed. Where the larger trial goes and what it must pass depends on
+    ``config.increase_test``:
+
+    - ``"smoothed"``: the boundary of the smoothed condition the search tests (it lags behind a
+      growing step size, see :func:`boundary_ratio`) says whether a larger trial can pass; it is put
+      at ``β_b`` of that boundary and must pass that condition;
+    - ``"batch"``: it is put at ``β_b`` of the batch's boundary and must pass the batch's own Armijo
+      condition and the smoothed one with ``h`` moved to its step size (:func:`increase_candidate`).
+
+    Either way at most ``max_increase`` times the first trial."""
     step_size = accepted.step_size
     raw = boundary_ratio(decrease, step_size, slope, slope, 0.0, config.c, 0.0)
     if raw is None or raw < INCREASE_THRESHOLD:
         return accepted  # the accepted step is within a factor INCREASE_THRESHOLD of the boundary
     accepted = replace(accepted, unconfirmed=True)
-    smoothed = smoothed_boundary_ratio(decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config)
-    if smoothed is None or smoothed < INCREASE_THRESHOLD:
-        return accepted  # held back by the smoothed condition: search again soon
-    larger = min(step_size * min(config.backtrack * smoothed, config.max_increase), config.max_step_size)
+    if config.increase_test == "batch":
+        room: Optional[float] = raw
+    else:
+        room = smoothed_boundary_ratio(decrease, step_size, slope, smoothed_slope, smoothed_decrease, c_eff, config)
+        if room is None or room < INCREASE_THRESHOLD:
+            return accepted  # held back by the smoothed condition: search again soon
+    assert room is not None
+    larger = min(step_size * min(config.backtrack * room, config.max_increase), config.max_step_size)
     if larger <= step_size:
         return accepted
     larger_decrease = decrease_at(larger)
     accepted = replace(accepted, trials=accepted.trials + 1)
     if larger_decrease is None:
         return replace(accepted, nonfinite_trials=accepted.nonfinite_trials + 1)
-    candidate = smoothed_candidate(smoothed_decrease, larger_decrease, larger, config)
-    if condition_holds(candidate, larger, c_eff, smoothed_slope, config):
+    candidate = increase_candidate(smoothed_decrease, larger_decrease, step_size, larger, config)
+    passes = condition_holds(candidate, larger, c_eff, smoothed_slope, config)
+    if config.increase_test == "batch":
+        passes = passes and armijo_holds(larger_decrease, larger, config.c, slope)
+    if passes:
         return replace(accepted, step_size=larger, smoothed_decrease=candidate, increases=1, unconfirmed=False)
     return accepted
+
+
+def increase_candidate(
+    smoothed_decrease: float, decrease: float, step_size: float, larger: float, config: SearchConfig
+) -> float:
+    """The smoothed decrease a larger trial at ``larger`` (first trial at ``step_size``) is tested with.
+
+    ``increase_test="smoothed"``: :func:`smoothed_candidate`, the carried ``h`` as it is. ``"batch"``:
+    ``β_s·h·(larger/step_size) + (1 − β_s)·Δ``, the carried ``h`` moved to the larger step first (it
+    was measured at ``step_size``, and the decrease along a nearly linear direction scales with the
+    step); with ``rate_smoothing`` the carried value is already per unit step and is not moved."""
+    if config.increase_test == "batch" and not config.rate_smoothing:
+        return smooth(smoothed_decrease * (larger / step_size), decrease, config.smoothing)
+    return smoothed_candidate(smoothed_decrease, decrease, larger, config)
 
 
 @dataclass(frozen=True)

@@ -570,6 +570,9 @@ register_alsals_variant("alsals-increase-only", max_increase=4.0, knows_total_st
 register_alsals_variant("alsals-two-way", interpolate=True, max_increase=4.0, knows_total_steps=True)
 register_alsals_variant("alsals-two-way-anytime", interpolate=True, max_increase=4.0)
 register_alsals_variant("alsals-two-way-anytime-no-average", interpolate=True, max_increase=4.0, average=False)
+# The two-way search whose increase the batch confirms (increase_test="batch"; docs/benchmarks.md).
+register_alsals_variant("alsals-batch-increase", max_increase=4.0, increase_test="batch", knows_total_steps=True)
+register_alsals_variant("alsals-batch-increase-anytime", max_increase=4.0, increase_test="batch")
 register_alsals_variant("alsals-salsa-interval", search_interval_rule="salsa", knows_total_steps=True)
 register_alsals_variant("alsals-interval10", max_search_interval=10, knows_total_steps=True)
 register_alsals_variant("alsals-interval40", max_search_interval=40, knows_total_steps=True)
