@@ -60,6 +60,7 @@ _V0_1: Dict[str, Any] = dict(
     max_increase=1.0,
     rate_smoothing=False,
     increase_test="smoothed",
+    recover=False,
     average=False,
 )
 
@@ -137,6 +138,7 @@ class ALSALSConfig:
     max_increase: float = 1.0
     rate_smoothing: bool = False
     increase_test: str = "smoothed"
+    recover: bool = False
     average: Optional[bool] = None
     total_steps: Optional[int] = None
     foreach: Optional[bool] = None
@@ -163,7 +165,7 @@ class ALSALSConfig:
         check_int("max_backtracks", self.max_backtracks, 0)
         check_int("max_search_interval", self.max_search_interval, 1)
         check_int("total_steps", self.total_steps, 1, allow_none=True, what="the run's length in steps")
-        for name in ("ascent_handling", "amortized", "check_consistency", "interpolate", "rate_smoothing"):
+        for name in ("ascent_handling", "amortized", "check_consistency", "interpolate", "rate_smoothing", "recover"):
             check_bool(name, getattr(self, name))
         for name in ("foreach", "fused", "distributed", "average"):
             check_bool(name, getattr(self, name), allow_none=True)
@@ -205,6 +207,7 @@ class ALSALSConfig:
             max_increase=float(self.max_increase),
             rate_smoothing=self.rate_smoothing,
             increase_test=self.increase_test,
+            recover=self.recover,
         )
 
     @cached_property

@@ -210,6 +210,10 @@ class ALSALS(Optimizer):
             smoothed condition as it stands; it lags behind a growing step) or ``"batch"`` (the
             batch's own Armijo condition, and the smoothed one with the carried decrease moved to the
             larger step; see :class:`~alsals.search.SearchConfig`).
+        recover: cuts are not permanent: after a search cut a step size an earlier search had
+            accepted, the following searches start from ``η/β_b`` (instead of ``η·γ``) until the step
+            size is back at that level; each recovered step size is tested before it is committed
+            (:class:`~alsals.search.SearchConfig`).
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
         min_step_size, max_step_size: bounds of the step size (1e-10, 10).
@@ -291,6 +295,7 @@ class ALSALS(Optimizer):
         max_increase: Optional[float] = None,
         rate_smoothing: Optional[bool] = None,
         increase_test: Optional[str] = None,
+        recover: Optional[bool] = None,
         average: Optional[bool] = None,
         total_steps: Optional[int] = None,
         foreach: Optional[bool] = None,
@@ -313,7 +318,7 @@ class ALSALS(Optimizer):
                 amortized=amortized, max_search_interval=max_search_interval,
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
                 interpolate=interpolate, max_increase=max_increase, rate_smoothing=rate_smoothing,
-                increase_test=increase_test, average=average,
+                increase_test=increase_test, recover=recover, average=average,
                 total_steps=total_steps, foreach=foreach, fused=fused, distributed=distributed,
                 check_consistency=check_consistency,
             ),

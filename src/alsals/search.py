@@ -83,6 +83,15 @@ class SearchConfig:
             scales with the step); the moved ``h`` is what the next search carries. The paper's
             smoothing is kept everywhere else, so the search only ever moves to a larger step that
             this batch confirms.
+        recover: cuts are not permanent. After a search that cut a step size that an earlier search
+            had accepted, the state remembers that level (``recovery_level``); while the carried step
+            size is below it, every *search* starts from ``min(η/β_b, level)`` instead of ``η·γ``:
+            the step size climbs back at the rate it was cut (one ``β_b`` per search), and each
+            recovered step size is tested by the search before it is committed (amortized steps still
+            grow by ``γ`` only). Without it, undoing one cut at ``γ = 1/0.999`` takes about 105 steps,
+            so a few bad batches lower the step size for the rest of the run. The level is never above
+            a step size an earlier search accepted (the first search's cuts from ``η0`` set none), and
+            it is cleared once reached.
     """
 
     c: float = 0.5
@@ -99,6 +108,7 @@ class SearchConfig:
     max_increase: float = 1.0
     rate_smoothing: bool = False
     increase_test: str = "smoothed"
+    recover: bool = False
 
     def __post_init__(self) -> None:
         check_range("c", self.c, 0.0, 1.0, low_open=True, high_open=True)
@@ -118,6 +128,7 @@ class SearchConfig:
         check_bool("rate_smoothing", self.rate_smoothing)
         check_range("max_increase", self.max_increase, 1.0, math.inf, low_open=False, high_open=True)
         check_choice("increase_test", self.increase_test, INCREASE_TESTS)
+        check_bool("recover", self.recover)
 
     def clamp(self, step_size: float) -> float:
         """``step_size`` limited to ``[min_step_size, max_step_size]``."""
@@ -542,6 +553,8 @@ class SearchState:
         average_weight, average_step: the total weight of the iterate average's samples and the step
             of the last one (:mod:`alsals.averaging`; 0 when no average is kept).
         averaged_in: the parameters hold the average (``opt.eval()``) instead of the iterate.
+        recovery_level: with ``recover``, the accepted step size a search cut from, which the searches
+            climb back to (0: nothing to recover).
     """
 
     step_size: float
@@ -568,6 +581,7 @@ class SearchState:
     average_weight: float = 0.0
     average_step: int = 0
     averaged_in: bool = False
+    recovery_level: float = 0.0
 
     @classmethod
     def initial(cls, config: SearchConfig) -> "SearchState":
@@ -612,12 +626,14 @@ class Plan:
         step: this step's number (1-based; it drives the built-in anneal).
         search: run the line search; otherwise an amortized step along the direction with no trial.
         step_size: the grown step size ``clamp(η·γ)``: where the search starts, or the step size of an
-            amortized step.
+            amortized step (with ``recover``, a search below the recovery level starts higher).
+        recovering: the search starts from a recovered step size (``recover``), above ``η·γ``.
     """
 
     step: int
     search: bool
     step_size: float
+    recovering: bool = False
 
 
 class StepKind(str, Enum):
@@ -661,14 +677,32 @@ def plan(state: SearchState, config: SearchConfig, amortization: Optional[Amorti
     """Decide the next step from the carried state alone: search or not, from which step size.
 
     Every step of the first ``warmup_searches`` searches, and every step without amortization,
-    searches; afterwards a step searches when ``steps_until_search`` has run out.
+    searches; afterwards a step searches when ``steps_until_search`` has run out. A search starts
+    from ``clamp(η·γ)``, or with ``recover`` below the recovery level from ``min(η/β_b, level)``.
     """
     search = (
         amortization is None
         or state.searches < amortization.warmup_searches
         or state.steps_until_search <= 0
     )
-    return Plan(step=state.steps + 1, search=search, step_size=config.grow(state.step_size))
+    grown = config.grow(state.step_size)
+    if search and config.recover and state.recovery_level > grown:
+        recovered = config.clamp(min(state.step_size / config.backtrack, state.recovery_level))
+        return Plan(step=state.steps + 1, search=True, step_size=recovered, recovering=True)
+    return Plan(step=state.steps + 1, search=search, step_size=grown)
+
+
+def next_recovery_level(state: SearchState, result: SearchResult, config: SearchConfig) -> float:
+    """The recovery level after a search (``recover``): raised to the carried step size when a search
+    cut it and an earlier search had accepted it, cleared once the accepted step size reaches it."""
+    if not config.recover:
+        return 0.0
+    level = state.recovery_level
+    if result.backtracks > 0 and state.searches > 0 and result.status.commits:
+        level = max(level, state.step_size)
+    if result.step_size >= level:
+        return 0.0
+    return level
 
 
 def next_smoothed_slope(state: SearchState, slope: float, config: SearchConfig) -> float:
@@ -730,14 +764,16 @@ def advance(
         increases=state.increases + result.increases,
         rejected_nonfinite=state.rejected_nonfinite + result.nonfinite_trials,
         gave_up=state.gave_up + (status in (SearchStatus.GAVE_UP, SearchStatus.FAILED)),
+        recovery_level=next_recovery_level(state, result, config),
     )
     if amortization is None:
         return searched
     if amortization.rule in ("doubling", "halving"):
         committed = status.commits and status is not SearchStatus.GAVE_UP
-        # An increase, or a step size left well below the batch's boundary, says the carried step size
-        # was off, as a cut does: each shortens the interval.
-        adjustments = result.backtracks + result.increases + int(result.unconfirmed)
+        # An increase, a recovered step size, or a step size left well below the batch's boundary, says
+        # the carried step size was off, as a cut does: each shortens the interval.
+        recovered = int(plan.recovering and result.backtracks == 0)
+        adjustments = result.backtracks + result.increases + int(result.unconfirmed) + recovered
         interval = next_interval(
             state.search_interval, adjustments, committed, amortization.max_interval,
             halve=amortization.rule == "halving",

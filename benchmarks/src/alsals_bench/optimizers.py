@@ -573,6 +573,9 @@ register_alsals_variant("alsals-two-way-anytime-no-average", interpolate=True, m
 # The two-way search whose increase the batch confirms (increase_test="batch"; docs/benchmarks.md).
 register_alsals_variant("alsals-batch-increase", max_increase=4.0, increase_test="batch", knows_total_steps=True)
 register_alsals_variant("alsals-batch-increase-anytime", max_increase=4.0, increase_test="batch")
+# Cuts that are not permanent (recover=True; docs/benchmarks.md).
+register_alsals_variant("alsals-recover", recover=True, knows_total_steps=True)
+register_alsals_variant("alsals-recover-anytime", recover=True)
 register_alsals_variant("alsals-salsa-interval", search_interval_rule="salsa", knows_total_steps=True)
 register_alsals_variant("alsals-interval10", max_search_interval=10, knows_total_steps=True)
 register_alsals_variant("alsals-interval40", max_search_interval=40, knows_total_steps=True)

@@ -22,7 +22,7 @@ from .results import commands_of, write_results
 ROW_ORDER = (
     "alsals", "alsals-anytime", "alsals-v0.1", "alsals-v0.1-anytime", "alsals-interpolate-only",
     "alsals-increase-only", "alsals-two-way", "alsals-two-way-anytime", "alsals-two-way-anytime-no-average",
-    "alsals-batch-increase", "alsals-batch-increase-anytime",
+    "alsals-batch-increase", "alsals-batch-increase-anytime", "alsals-recover", "alsals-recover-anytime",
     "alsals-no-amortisation", "alsals-paper",
     "adamw (best by train)", "adamw (best by val)", "sfadamw (best by train)", "sfadamw (best by val)",
     "sls", "sls-anneal", "salsa", "salsa-anneal", "salsa-ref", "salsa-ref-anneal", "salsa-ref-default",
@@ -41,6 +41,8 @@ ROW_NOTES = {
     "alsals-two-way-anytime-no-average": "ablation: the same, no anneal, evaluated at the iterate",
     "alsals-batch-increase": "ablation: 0.1 + the two-way search whose increase the batch confirms, total_steps=T",
     "alsals-batch-increase-anytime": "ablation: the same, no anneal, evaluated at its average",
+    "alsals-recover": "ablation: 0.1 + cuts that are not permanent (recover=True), total_steps=T",
+    "alsals-recover-anytime": "ablation: the same, no anneal, evaluated at its average",
     "alsals-no-amortisation": "ablation: ALSALS(amortized=False, total_steps=T), a search every step",
     "alsals-paper": "ALSALS(preset='paper')",
     "adamw (best by train)": "tuned: AdamW grid point best by train loss",
