@@ -2,6 +2,7 @@
 
 import functools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -499,3 +500,102 @@ def test_the_increase_test_is_validated():
         SearchConfig(increase_test="raw")
     with pytest.raises(ValueError, match="increase_test"):
         alsals.ALSALS([torch.nn.Parameter(torch.zeros(2))], increase_test="both")
+
+
+def _searched(state, config, result, amortization=None):
+    """One searched step folded into ``state`` (the plan made from ``state``)."""
+    p = plan(state, config, amortization)
+    outcome = Outcome(StepKind.SEARCHED, 1.0, result.trials, 1, anneal=1.0, slope=1.0, result=result)
+    return p, advance(state, p, outcome, config, amortization)
+
+
+def test_recover_remembers_an_accepted_step_size_that_a_search_cut_and_climbs_back_to_it():
+    config = SearchConfig(recover=True, backtrack=0.9)
+    # the first search cuts from eta0, which no search had accepted: nothing to recover
+    first = SearchResult(0.01, 0.0, SearchStatus.ACCEPTED, 23, 22, 0)
+    _, state = _searched(SearchState.initial(config), config, first)
+    assert state.recovery_level == 0.0
+    # a later search cuts the accepted (and grown) 0.01 four times
+    _, state = _searched(state, config, SearchResult(0.01 * 0.9**4, 0.0, SearchStatus.ACCEPTED, 5, 4, 0))
+    assert state.recovery_level == pytest.approx(0.01)
+    climbed = []
+    for _ in range(10):
+        p = plan(state, config, None)
+        climbed.append(p.step_size)
+        if not p.recovering:
+            break
+        assert p.step_size == pytest.approx(min(state.step_size / 0.9, 0.01))  # one β_b per search
+        _, state = _searched(state, config, SearchResult(p.step_size, 0.0, SearchStatus.ACCEPTED, 1, 0, 0))
+    assert climbed[:4] == pytest.approx([0.01 * 0.9**3, 0.01 * 0.9**2, 0.01 * 0.9, 0.01])
+    assert state.step_size == pytest.approx(0.01) and state.recovery_level == 0.0  # reached: cleared
+    assert not plan(state, config, None).recovering
+
+
+def test_recover_only_changes_where_searches_start_and_a_recovery_shortens_the_interval():
+    config = SearchConfig(recover=True)
+    amortization = AmortizationConfig(warmup_searches=0)
+    state = SearchState(step_size=0.005, recovery_level=0.01, searches=20, search_interval=8, steps_until_search=3)
+    amortized = plan(state, config, amortization)
+    assert not amortized.search and not amortized.recovering
+    assert amortized.step_size == pytest.approx(0.005 / 0.999)  # amortized steps grow by γ only
+    due = replace(state, steps_until_search=0)
+    p, after = _searched(due, config, SearchResult(0.005 / 0.9, 0.0, SearchStatus.ACCEPTED, 1, 0, 0), amortization)
+    assert p.recovering and p.step_size == pytest.approx(0.005 / 0.9)
+    assert after.search_interval == 4  # the step size changed: not a confirmation (which doubles it)
+    off = SearchConfig(recover=False)
+    assert plan(due, off, amortization).step_size == pytest.approx(0.005 / 0.999)
+
+
+def test_recover_brings_the_step_size_back_after_a_transient_spike_of_the_loss():
+    """Five batches whose loss is 30x steeper cut the step size; without recover the cut stays for
+    the rest of the run, with it the step size returns to the level before the spike."""
+    def run(**kwargs):
+        torch.manual_seed(0)
+        A = torch.randn(64, 8)
+        w = torch.nn.Parameter(torch.randn(8))
+        opt = alsals.ALSALS([w], amortized=False, **kwargs)
+        for t in range(300):
+            scale = 30.0 if 150 <= t < 155 else 1.0
+            idx = torch.randint(0, 64, (16,))
+            opt.step(lambda: scale * ((A[idx] @ w - 1.0) ** 2).mean())
+        return opt
+
+    permanent, recovered = run(), run(recover=True)
+    assert permanent.counters["backtracks"] >= 1
+    assert recovered.step_size > 1.15 * permanent.step_size
+    assert recovered.step_size == pytest.approx(0.1 / 0.999**300, rel=0.05)  # as if there had been no cut
+    assert recovered.search_state["recovery_level"] == 0.0
+
+
+def test_a_resumed_run_keeps_recovering_where_it_stopped():
+    """The recovery level is part of the saved search state: a run saved mid-recovery and resumed
+    takes the same steps as one that was not interrupted."""
+    torch.manual_seed(0)
+    A = torch.randn(64, 8)
+    batches = [torch.randint(0, 64, (16,)) for _ in range(220)]
+
+    def closure_for(w, t):
+        scale = 30.0 if 150 <= t < 155 else 1.0
+        return lambda: scale * ((A[batches[t]] @ w - 1.0) ** 2).mean()
+
+    def start():
+        torch.manual_seed(1)
+        w = torch.nn.Parameter(torch.randn(8))
+        return w, alsals.ALSALS([w], amortized=False, recover=True)
+
+    w, opt = start()
+    for t in range(220):
+        opt.step(closure_for(w, t))
+    w2, opt2 = start()
+    for t in range(151):
+        opt2.step(closure_for(w2, t))
+    assert opt2.search_state["recovery_level"] > 0.0  # saved in the middle of a recovery
+    saved_opt, saved_w = opt2.state_dict(), w2.detach().clone()
+    w3, opt3 = start()
+    with torch.no_grad():
+        w3.copy_(saved_w)
+    opt3.load_state_dict(saved_opt)
+    for t in range(151, 220):
+        opt3.step(closure_for(w3, t))
+    assert torch.equal(w3.detach(), w.detach())
+    assert opt3.step_size == opt.step_size

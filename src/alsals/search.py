@@ -538,8 +538,9 @@ class SearchState:
     """Everything the search carries from one optimizer step to the next (plain floats, ints, str).
 
     ``state_dict()`` holds it as a plain dict (:meth:`to_dict`, in every parameter group under
-    ``"search"``), so ``torch.load(..., weights_only=True)`` reads it, and the keys are those of
-    version 0.1.0.
+    ``"search"``), so ``torch.load(..., weights_only=True)`` reads it; the keys of version 0.1.0
+    keep their meaning, and keys added since load with their initial values where a saved state
+    lacks them (:meth:`from_dict`).
 
     Attributes:
         step_size: the carried step size ``η`` (the last accepted one, grown when ``growth_per="step"``).
@@ -694,13 +695,14 @@ def plan(state: SearchState, config: SearchConfig, amortization: Optional[Amorti
 
 def next_recovery_level(state: SearchState, result: SearchResult, config: SearchConfig) -> float:
     """The recovery level after a search (``recover``): raised to the carried step size when a search
-    cut it and an earlier search had accepted it, cleared once the accepted step size reaches it."""
+    cut it and an earlier search had accepted it, cleared once growth alone reaches it (``η·γ`` at or
+    above the level: the next search would not start from a recovered step size anyway)."""
     if not config.recover:
         return 0.0
     level = state.recovery_level
     if result.backtracks > 0 and state.searches > 0 and result.status.commits:
         level = max(level, state.step_size)
-    if result.step_size >= level:
+    if config.grow(result.step_size) >= level:
         return 0.0
     return level
 
