@@ -31,7 +31,14 @@ from typing import Any, Dict, Mapping, Optional
 from . import kernels
 from ._validation import check_bool, check_choice, check_int, check_range
 from .anneal import ANNEAL_SHAPES, anneal_factor
-from .search import GROWTH_PER, INCREASE_TESTS, INTERVAL_RULES, AmortizationConfig, SearchConfig
+from .search import (
+    GROWTH_PER,
+    INCREASE_TESTS,
+    INTERVAL_RULES,
+    MATCH_DISPLACEMENT,
+    AmortizationConfig,
+    SearchConfig,
+)
 
 #: how the slope ``D = gᵀd`` is obtained
 SLOPE_METHODS = ("exact", "finite_difference")
@@ -61,6 +68,7 @@ _V0_1: Dict[str, Any] = dict(
     rate_smoothing=False,
     increase_test="smoothed",
     recover=False,
+    match_displacement="off",
     average=False,
 )
 
@@ -139,6 +147,7 @@ class ALSALSConfig:
     rate_smoothing: bool = False
     increase_test: str = "smoothed"
     recover: bool = False
+    match_displacement: str = "off"
     average: Optional[bool] = None
     total_steps: Optional[int] = None
     foreach: Optional[bool] = None
@@ -176,6 +185,7 @@ class ALSALSConfig:
             ("search_interval_rule", INTERVAL_RULES),
             ("anneal", ANNEAL_SHAPES),
             ("increase_test", INCREASE_TESTS),
+            ("match_displacement", MATCH_DISPLACEMENT),
         ):
             check_choice(name, getattr(self, name), allowed)
         if self.fused and self.foreach is False:
@@ -208,6 +218,7 @@ class ALSALSConfig:
             rate_smoothing=self.rate_smoothing,
             increase_test=self.increase_test,
             recover=self.recover,
+            match_displacement=self.match_displacement,
         )
 
     @cached_property

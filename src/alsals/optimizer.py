@@ -214,6 +214,10 @@ class ALSALS(Optimizer):
             accepted, the following searches start from ``η/β_b`` (instead of ``η·γ``) until the step
             size is back at that level; each recovered step size is tested before it is committed
             (:class:`~alsals.search.SearchConfig`).
+        match_displacement: ``"warmup"``: during the warm-up searches a search starts from at least
+            ``η₁·‖d₁‖/‖d‖``, the step size that moves the weights as far as the first accepted step
+            along Adam's sign-like first direction did; ``"always"``: at every search; ``"off"``
+            (:class:`~alsals.search.SearchConfig`).
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
         min_step_size, max_step_size: bounds of the step size (1e-10, 10).
@@ -296,6 +300,7 @@ class ALSALS(Optimizer):
         rate_smoothing: Optional[bool] = None,
         increase_test: Optional[str] = None,
         recover: Optional[bool] = None,
+        match_displacement: Optional[str] = None,
         average: Optional[bool] = None,
         total_steps: Optional[int] = None,
         foreach: Optional[bool] = None,
@@ -318,7 +323,8 @@ class ALSALS(Optimizer):
                 amortized=amortized, max_search_interval=max_search_interval,
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
                 interpolate=interpolate, max_increase=max_increase, rate_smoothing=rate_smoothing,
-                increase_test=increase_test, recover=recover, average=average,
+                increase_test=increase_test, recover=recover, match_displacement=match_displacement,
+                average=average,
                 total_steps=total_steps, foreach=foreach, fused=fused, distributed=distributed,
                 check_consistency=check_consistency,
             ),
@@ -729,7 +735,13 @@ class ALSALS(Optimizer):
             # partial sum (see _directions), and the sum is the slope. Either way every rank reads the
             # same reduced value, in the same collective as the trial loss.
             slope_means = 1 if self._slope_weights else 2
-            loss1, exact_slope = self._read([evaluator.trial(), slope_tensor], num_means=slope_means)
+            values = [evaluator.trial(), slope_tensor]
+            if step_plan.measure_direction:  # ‖d‖², reduced as the slope is
+                values.append(self._direction_square_norm(buckets))
+                slope_means += 0 if self._slope_weights else 1
+            read = self._read(values, num_means=slope_means)
+            loss1, exact_slope = read[0], read[1]
+            direction_norm = math.sqrt(read[2]) if step_plan.measure_direction and read[2] >= 0.0 else math.nan
             slope = exact_slope if fd_slope is None else fd_slope
             if not math.isfinite(slope):
                 point.restore()
@@ -756,7 +768,7 @@ class ALSALS(Optimizer):
                 point.commit(result.step_size, [self._commit_step(b, result.step_size, anneal) for b in buckets])
             else:
                 point.restore()
-        return outcome(StepKind.SEARCHED, slope=slope, result=result)
+        return outcome(StepKind.SEARCHED, slope=slope, result=result, direction_norm=direction_norm)
 
     # ------------------------------------------------------------------------------------------
     # Pieces of the step
@@ -918,6 +930,16 @@ class ALSALS(Optimizer):
                 bucket_slopes = [s * b.weight for s in bucket_slopes]
             slopes.extend(bucket_slopes)
         return torch.stack(slopes).sum()
+
+    def _direction_square_norm(self, buckets: List[_Bucket]) -> Tensor:
+        """``‖d‖²`` over every bucket's direction (formed by :meth:`_directions`) as a 0-dim float64
+        tensor, each bucket weighted as its slope is (sharded parameters: a partial sum)."""
+        first_device = buckets[0].device
+        parts: List[Tensor] = []
+        for b in buckets:
+            square = kernels.slope_foreach(b.directions, b.directions).to(first_device)
+            parts.append(square * b.weight if b.weight != 1.0 else square)
+        return torch.stack(parts).sum()
 
     def _commit_step(self, b: _Bucket, step_size: float, anneal: float) -> Tuple[float, float]:
         """``(lr·a·η, 1 − lr·a·η·λ)`` of a bucket's group: its committed step and weight-decay factor."""

@@ -41,6 +41,11 @@ GROWTH_PER = ("step", "search")
 INTERVAL_RULES = ("halving", "doubling", "salsa")
 #: what a two-way search's larger trial must pass (:func:`backtrack`)
 INCREASE_TESTS = ("smoothed", "batch")
+#: when the searches start from the step size that moves the weights as far as the first one did
+MATCH_DISPLACEMENT = ("off", "warmup", "always")
+#: the searches the displacement is matched over with ``match_displacement="warmup"`` (without
+#: amortization; with it, its ``warmup_searches``)
+DISPLACEMENT_WARMUP = 10
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,13 @@ class SearchConfig:
             so a few bad batches lower the step size for the rest of the run. The level is never above
             a step size an earlier search accepted (the first search's cuts from ``η0`` set none), and
             it is cleared once reached.
+        match_displacement: the first search accepts ``η₁`` along Adam's first direction, which is
+            sign-like (``|d_i| = 1``: every weight moves by ``η₁``); Adam's later directions are
+            shorter (``|m̂|/√v̂ < 1`` where the gradient is noisy), so the same step size moves the
+            weights less and less. ``"warmup"``: during the warm-up searches, a search starts from at
+            least ``η₁·‖d₁‖/‖d_{t−1}‖``, the step size that moves the weights as far as the first
+            accepted step did (the search still tests it); afterwards the step size evolves as
+            usual. ``"always"``: at every search. ``"off"``: never (the paper's rule).
     """
 
     c: float = 0.5
@@ -109,6 +121,7 @@ class SearchConfig:
     rate_smoothing: bool = False
     increase_test: str = "smoothed"
     recover: bool = False
+    match_displacement: str = "off"
 
     def __post_init__(self) -> None:
         check_range("c", self.c, 0.0, 1.0, low_open=True, high_open=True)
@@ -129,6 +142,7 @@ class SearchConfig:
         check_range("max_increase", self.max_increase, 1.0, math.inf, low_open=False, high_open=True)
         check_choice("increase_test", self.increase_test, INCREASE_TESTS)
         check_bool("recover", self.recover)
+        check_choice("match_displacement", self.match_displacement, MATCH_DISPLACEMENT)
 
     def clamp(self, step_size: float) -> float:
         """``step_size`` limited to ``[min_step_size, max_step_size]``."""
@@ -556,6 +570,8 @@ class SearchState:
         averaged_in: the parameters hold the average (``opt.eval()``) instead of the iterate.
         recovery_level: with ``recover``, the accepted step size a search cut from, which the searches
             climb back to (0: nothing to recover).
+        displacement, direction_norm: with ``match_displacement``, ``η₁·‖d₁‖`` of the first search
+            and ``‖d‖`` of the last measured search (0: not measured).
     """
 
     step_size: float
@@ -583,6 +599,8 @@ class SearchState:
     average_step: int = 0
     averaged_in: bool = False
     recovery_level: float = 0.0
+    displacement: float = 0.0
+    direction_norm: float = 0.0
 
     @classmethod
     def initial(cls, config: SearchConfig) -> "SearchState":
@@ -629,12 +647,16 @@ class Plan:
         step_size: the grown step size ``clamp(η·γ)``: where the search starts, or the step size of an
             amortized step (with ``recover``, a search below the recovery level starts higher).
         recovering: the search starts from a recovered step size (``recover``), above ``η·γ``.
+        matching: the search starts from the displacement-matched step size, above ``η·γ``.
+        measure_direction: the optimizer measures ``‖d‖`` in this search (``match_displacement``).
     """
 
     step: int
     search: bool
     step_size: float
     recovering: bool = False
+    matching: bool = False
+    measure_direction: bool = False
 
 
 class StepKind(str, Enum):
@@ -663,6 +685,7 @@ class Outcome:
         anneal: the anneal factor the step used (``None``: not reached, the step was skipped first).
         slope: the raw slope ``D`` of a searched step.
         result: the search's result (``kind`` is ``SEARCHED``).
+        direction_norm: ``‖d‖`` of a searched step whose plan asked for it (NaN otherwise).
     """
 
     kind: StepKind
@@ -672,6 +695,7 @@ class Outcome:
     anneal: Optional[float] = None
     slope: float = math.nan
     result: Optional[SearchResult] = None
+    direction_norm: float = math.nan
 
 
 def plan(state: SearchState, config: SearchConfig, amortization: Optional[AmortizationConfig]) -> Plan:
@@ -690,7 +714,16 @@ def plan(state: SearchState, config: SearchConfig, amortization: Optional[Amorti
     if search and config.recover and state.recovery_level > grown:
         recovered = config.clamp(min(state.step_size / config.backtrack, state.recovery_level))
         return Plan(step=state.steps + 1, search=True, step_size=recovered, recovering=True)
-    return Plan(step=state.steps + 1, search=search, step_size=grown)
+    window = amortization.warmup_searches if amortization is not None else DISPLACEMENT_WARMUP
+    measuring = search and (
+        config.match_displacement == "always"
+        or (config.match_displacement == "warmup" and state.searches < window)
+    )
+    if measuring and state.displacement > 0.0 and state.direction_norm > 0.0:
+        matched = config.clamp(state.displacement / state.direction_norm)
+        if matched > grown:
+            return Plan(step=state.steps + 1, search=True, step_size=matched, matching=True, measure_direction=True)
+    return Plan(step=state.steps + 1, search=search, step_size=grown, measure_direction=measuring)
 
 
 def next_recovery_level(state: SearchState, result: SearchResult, config: SearchConfig) -> float:
@@ -768,13 +801,17 @@ def advance(
         gave_up=state.gave_up + (status in (SearchStatus.GAVE_UP, SearchStatus.FAILED)),
         recovery_level=next_recovery_level(state, result, config),
     )
+    if math.isfinite(outcome.direction_norm) and outcome.direction_norm > 0.0:
+        searched = replace(searched, direction_norm=outcome.direction_norm)
+        if state.searches == 0 and status.commits:
+            searched = replace(searched, displacement=result.step_size * outcome.direction_norm)
     if amortization is None:
         return searched
     if amortization.rule in ("doubling", "halving"):
         committed = status.commits and status is not SearchStatus.GAVE_UP
         # An increase, a recovered step size, or a step size left well below the batch's boundary, says
         # the carried step size was off, as a cut does: each shortens the interval.
-        recovered = int(plan.recovering and result.backtracks == 0)
+        recovered = int((plan.recovering or plan.matching) and result.backtracks == 0)
         adjustments = result.backtracks + result.increases + int(result.unconfirmed) + recovered
         interval = next_interval(
             state.search_interval, adjustments, committed, amortization.max_interval,

@@ -576,6 +576,10 @@ register_alsals_variant("alsals-batch-increase-anytime", max_increase=4.0, incre
 # Cuts that are not permanent (recover=True; docs/benchmarks.md).
 register_alsals_variant("alsals-recover", recover=True, knows_total_steps=True)
 register_alsals_variant("alsals-recover-anytime", recover=True)
+# The step size that moves the weights as far as the first accepted step (match_displacement).
+register_alsals_variant("alsals-match-warmup", match_displacement="warmup", knows_total_steps=True)
+register_alsals_variant("alsals-match-always", match_displacement="always", knows_total_steps=True)
+register_alsals_variant("alsals-match-warmup-anytime", match_displacement="warmup")
 register_alsals_variant("alsals-salsa-interval", search_interval_rule="salsa", knows_total_steps=True)
 register_alsals_variant("alsals-interval10", max_search_interval=10, knows_total_steps=True)
 register_alsals_variant("alsals-interval40", max_search_interval=40, knows_total_steps=True)
