@@ -124,6 +124,8 @@ def mse(model, x, y):
 def make_optimizer(kind, params, **kwargs):
     if kind == "alsals":
         return alsals.ALSALS(params, initial_step_size=1.0, **kwargs)  # large: every rank backtracks
+    if kind == "alsals-match":  # every search starts from the displacement-matched step: ‖d‖ is reduced too
+        return alsals.ALSALS(params, initial_step_size=1.0, match_displacement="always", **kwargs)
     if kind == "salsa":
         return alsals.SaLSa(params, **kwargs)
     if kind == "sls":
@@ -526,7 +528,7 @@ def worker_zero(rank, world, out_dir):
 def worker_ddp_scenarios(rank, world, out_dir):
     """Every DDP scenario in one job (each job start costs seconds of imports on a small machine)."""
     return {
-        "agreement": worker_agreement(rank, world, out_dir, ("alsals", "salsa", "sls")),
+        "agreement": worker_agreement(rank, world, out_dir, ("alsals", "alsals-match", "salsa", "sls")),
         "negative_control": worker_negative_control(rank, world, out_dir),
         "nonfinite": worker_nonfinite(rank, world, out_dir),
         "resume": worker_resume(rank, world, out_dir),
@@ -617,7 +619,7 @@ def scenario(job, name):
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_take_identical_steps_and_match_one_process_on_the_concatenated_batch(request, tmp_path, world):
     if world == 2:
-        kinds = ("alsals", "salsa", "sls")
+        kinds = ("alsals", "alsals-match", "salsa", "sls")
         results = scenario(request.getfixturevalue("ddp_job"), "agreement")
     else:
         kinds = ("alsals",)
@@ -639,6 +641,8 @@ def test_ranks_take_identical_steps_and_match_one_process_on_the_concatenated_ba
     alsals_record = results[0]["alsals"]
     assert len(set(alsals_record["step_sizes"])) > 1
     assert alsals_record["counters"]["backtracks"] > 0
+    if "alsals-match" in kinds:  # ‖d‖ was measured, reduced alike on every rank (compared above)
+        assert results[0]["alsals-match"]["search_state"]["direction_norm"] > 0.0
     if "salsa" in kinds:
         for kind in ("alsals", "salsa"):  # past the warm-up searches, amortized steps happened and the ranks agreed
             assert results[0][kind]["counters"]["skipped_searches"] > 0, kind

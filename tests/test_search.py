@@ -599,3 +599,47 @@ def test_a_resumed_run_keeps_recovering_where_it_stopped():
         opt3.step(closure_for(w3, t))
     assert torch.equal(w3.detach(), w.detach())
     assert opt3.step_size == opt.step_size
+
+
+def test_match_displacement_starts_the_warmup_searches_where_the_weights_move_as_far_as_at_first():
+    config = SearchConfig(match_displacement="warmup")
+    amortization = AmortizationConfig(warmup_searches=3)
+    state = SearchState.initial(config)
+    first = plan(state, config, amortization)
+    assert first.measure_direction and not first.matching  # nothing to match yet, but ‖d₁‖ is measured
+    outcome = Outcome(StepKind.SEARCHED, 1.0, 5, 1, anneal=1.0, slope=1.0,
+                      result=SearchResult(0.01, 0.0, SearchStatus.ACCEPTED, 5, 4, 0), direction_norm=10.0)
+    state = advance(state, first, outcome, config, amortization)
+    assert state.displacement == pytest.approx(0.1) and state.direction_norm == 10.0
+    state = replace(state, direction_norm=2.5)  # Adam's direction has shrunk to a quarter
+    second = plan(state, config, amortization)
+    assert second.matching and second.measure_direction
+    assert second.step_size == pytest.approx(0.04)  # η₁·‖d₁‖/‖d‖
+    state = replace(state, direction_norm=20.0)  # a longer direction: the grown step size stands
+    assert not plan(state, config, amortization).matching
+    assert plan(state, config, amortization).step_size == pytest.approx(0.01 / 0.999)
+    past = replace(state, direction_norm=2.5, searches=3)  # after the warm-up searches: as usual
+    assert not plan(past, config, amortization).matching and not plan(past, config, amortization).measure_direction
+    assert plan(past, SearchConfig(match_displacement="always"), amortization).matching
+    assert not plan(replace(state, direction_norm=2.5), SearchConfig(), amortization).measure_direction
+
+
+def test_match_displacement_measures_the_norm_of_adams_first_direction():
+    """At step 1 Adam's direction is g/(|g| + ε), ±1 in every coordinate with a gradient: ‖d₁‖ is the
+    square root of their number, and the first displacement η₁·‖d₁‖."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    X, y = torch.randn(32, 6), torch.randn(32, 3)
+    opt = alsals.ALSALS(model.parameters(), match_displacement="warmup")
+    opt.step(lambda: ((model(X) - y) ** 2).mean())
+    state = opt.search_state
+    n = sum(p.numel() for p in model.parameters())
+    assert state["direction_norm"] == pytest.approx(math.sqrt(n), rel=1e-6)
+    assert state["displacement"] == pytest.approx(opt.step_size * math.sqrt(n), rel=1e-6)
+    for _ in range(4):
+        opt.step(lambda: ((model(X) - y) ** 2).mean())
+    assert 0.0 < opt.search_state["direction_norm"] < math.sqrt(n)  # Adam's later directions are shorter
+    other = torch.nn.Linear(6, 3)
+    off = alsals.ALSALS(other.parameters())
+    off.step(lambda: ((other(X) - y) ** 2).mean())
+    assert off.counters["searches"] == 1 and off.search_state["direction_norm"] == 0.0  # not measured when off
