@@ -340,9 +340,11 @@ def summarize(runs: Sequence[dict]) -> dict:
 #: the configurations the 0.2 defaults were chosen among (docs/benchmarks.md, "Ablations"): told the
 #: run's length, and not told it
 DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase-only", "alsals-two-way",
-                      "alsals-batch-increase", "alsals-recover", "alsals-no-amortisation")
+                      "alsals-batch-increase", "alsals-recover", "alsals-match-warmup", "alsals-match-always",
+                      "alsals-no-amortisation")
 ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average", "alsals-two-way-anytime",
-                      "alsals-anytime", "alsals-batch-increase-anytime", "alsals-recover-anytime")
+                      "alsals-anytime", "alsals-batch-increase-anytime", "alsals-recover-anytime",
+                      "alsals-match-warmup-anytime")
 
 
 def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> list[dict]:
