@@ -36,6 +36,7 @@ from .search import (
     INCREASE_TESTS,
     INTERVAL_RULES,
     MATCH_DISPLACEMENT,
+    SMOOTHING_PER,
     AmortizationConfig,
     SearchConfig,
 )
@@ -69,6 +70,7 @@ _V0_1: Dict[str, Any] = dict(
     increase_test="smoothed",
     recover=False,
     match_displacement="off",
+    smoothing_per="search",
     average=False,
 )
 
@@ -148,6 +150,7 @@ class ALSALSConfig:
     increase_test: str = "smoothed"
     recover: bool = False
     match_displacement: str = "off"
+    smoothing_per: str = "search"
     average: Optional[bool] = None
     total_steps: Optional[int] = None
     foreach: Optional[bool] = None
@@ -186,6 +189,7 @@ class ALSALSConfig:
             ("anneal", ANNEAL_SHAPES),
             ("increase_test", INCREASE_TESTS),
             ("match_displacement", MATCH_DISPLACEMENT),
+            ("smoothing_per", SMOOTHING_PER),
         ):
             check_choice(name, getattr(self, name), allowed)
         if self.fused and self.foreach is False:
@@ -219,6 +223,7 @@ class ALSALSConfig:
             increase_test=self.increase_test,
             recover=self.recover,
             match_displacement=self.match_displacement,
+            smoothing_per=self.smoothing_per,
         )
 
     @cached_property

@@ -47,6 +47,7 @@ from .search import (
     StepKind,
     advance,
     backtrack,
+    for_search,
     next_smoothed_slope,
     plan,
 )
@@ -218,6 +219,10 @@ class ALSALS(Optimizer):
             ``η₁·‖d₁‖/‖d‖``, the step size that moves the weights as far as the first accepted step
             along Adam's sign-like first direction did; ``"always"``: at every search; ``"off"``
             (:class:`~alsals.search.SearchConfig`).
+        smoothing_per: what the smoothing's memory counts: ``"search"`` (the paper's: with the
+            amortized search the EMAs span the last ~10 searches) or ``"step"`` (a search ``L`` steps
+            after the last folds its measurement in with ``β_s^L``; see
+            :func:`~alsals.search.for_search`).
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
         min_step_size, max_step_size: bounds of the step size (1e-10, 10).
@@ -301,6 +306,7 @@ class ALSALS(Optimizer):
         increase_test: Optional[str] = None,
         recover: Optional[bool] = None,
         match_displacement: Optional[str] = None,
+        smoothing_per: Optional[str] = None,
         average: Optional[bool] = None,
         total_steps: Optional[int] = None,
         foreach: Optional[bool] = None,
@@ -324,7 +330,7 @@ class ALSALS(Optimizer):
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
                 interpolate=interpolate, max_increase=max_increase, rate_smoothing=rate_smoothing,
                 increase_test=increase_test, recover=recover, match_displacement=match_displacement,
-                average=average,
+                smoothing_per=smoothing_per, average=average,
                 total_steps=total_steps, foreach=foreach, fused=fused, distributed=distributed,
                 check_consistency=check_consistency,
             ),
@@ -721,7 +727,7 @@ class ALSALS(Optimizer):
             return Outcome(kind, loss0, evaluator.evaluations, evaluator.backward_passes, anneal=anneal, **extra)
 
         slope_tensor = self._directions(buckets)
-        config = self.config.search
+        config = for_search(self.config.search, state, step_plan.step)
         with TrialPoint(buckets) as point:
             fd_slope = None
             if self.config.slope == "finite_difference":

@@ -37,6 +37,8 @@ from ._validation import check_bool, check_choice, check_int, check_range
 
 #: when the carried step size grows: at every step, or only when a search starts
 GROWTH_PER = ("step", "search")
+#: what the memory of the smoothed slope and decrease counts: searches, or steps
+SMOOTHING_PER = ("search", "step")
 #: how the interval between amortized searches adapts
 INTERVAL_RULES = ("halving", "doubling", "salsa")
 #: what a two-way search's larger trial must pass (:func:`backtrack`)
@@ -104,6 +106,13 @@ class SearchConfig:
             least ``η₁·‖d₁‖/‖d_{t−1}‖``, the step size that moves the weights as far as the first
             accepted step did (the search still tests it); afterwards the step size evolves as
             usual. ``"always"``: at every search. ``"off"``: never (the paper's rule).
+        smoothing_per: what the EMAs' memory ``1/(1 − β_s)`` counts. ``"search"`` (the paper's): every
+            search folds its measurement in with ``β_s``, however many amortized steps passed since the
+            last one, so with the amortized search the EMAs remember the last ~10 *searches* (up to 200
+            steps) and decreases measured early in training keep paying for later steps. ``"step"``: a
+            search ``L`` steps after the previous one folds it in with ``β_s^L``
+            (:func:`for_search`), so the memory is ~10 steps whether or not the steps between were
+            searched; without amortization the two are the same.
     """
 
     c: float = 0.5
@@ -122,6 +131,7 @@ class SearchConfig:
     increase_test: str = "smoothed"
     recover: bool = False
     match_displacement: str = "off"
+    smoothing_per: str = "search"
 
     def __post_init__(self) -> None:
         check_range("c", self.c, 0.0, 1.0, low_open=True, high_open=True)
@@ -143,6 +153,7 @@ class SearchConfig:
         check_choice("increase_test", self.increase_test, INCREASE_TESTS)
         check_bool("recover", self.recover)
         check_choice("match_displacement", self.match_displacement, MATCH_DISPLACEMENT)
+        check_choice("smoothing_per", self.smoothing_per, SMOOTHING_PER)
 
     def clamp(self, step_size: float) -> float:
         """``step_size`` limited to ``[min_step_size, max_step_size]``."""
@@ -572,6 +583,7 @@ class SearchState:
             climb back to (0: nothing to recover).
         displacement, direction_norm: with ``match_displacement``, ``η₁·‖d₁‖`` of the first search
             and ``‖d‖`` of the last measured search (0: not measured).
+        last_search_step: the step of the last search (0: none yet).
     """
 
     step_size: float
@@ -601,6 +613,7 @@ class SearchState:
     recovery_level: float = 0.0
     displacement: float = 0.0
     direction_norm: float = 0.0
+    last_search_step: int = 0
 
     @classmethod
     def initial(cls, config: SearchConfig) -> "SearchState":
@@ -740,6 +753,16 @@ def next_recovery_level(state: SearchState, result: SearchResult, config: Search
     return level
 
 
+def for_search(config: SearchConfig, state: SearchState, step: int) -> SearchConfig:
+    """The search's rules for a search at ``step``: ``config`` itself, or with ``smoothing_per="step"``
+    the smoothing ``β_s^L`` for the ``L = step − last_search_step`` steps since the last search (the
+    first search: since the start), so that the EMAs' memory is counted in steps."""
+    if config.smoothing_per != "step" or config.smoothing == 0.0:
+        return config
+    gap = max(1, step - state.last_search_step)
+    return config if gap == 1 else replace(config, smoothing=config.smoothing ** gap)
+
+
 def next_smoothed_slope(state: SearchState, slope: float, config: SearchConfig) -> float:
     """``s ← β_s·s + (1 − β_s)·D``: the smoothed slope a search with raw slope ``slope`` tests against."""
     return smooth(state.smoothed_slope, slope, config.smoothing)
@@ -787,12 +810,13 @@ def advance(
     result = outcome.result
     if result is None:
         raise ValueError("a searched step's outcome needs its SearchResult")
+    rules = for_search(config, state, plan.step)
     status = result.status
     common.update(last_trials=result.trials, last_status=status.value)
     searched = replace(
         state, **common,
         step_size=result.step_size,
-        smoothed_slope=next_smoothed_slope(state, outcome.slope, config),
+        smoothed_slope=next_smoothed_slope(state, outcome.slope, rules),
         smoothed_decrease=result.smoothed_decrease if status.commits else state.smoothed_decrease,
         searches=state.searches + 1,
         backtracks=state.backtracks + result.backtracks,
@@ -800,6 +824,7 @@ def advance(
         rejected_nonfinite=state.rejected_nonfinite + result.nonfinite_trials,
         gave_up=state.gave_up + (status in (SearchStatus.GAVE_UP, SearchStatus.FAILED)),
         recovery_level=next_recovery_level(state, result, config),
+        last_search_step=plan.step,
     )
     if math.isfinite(outcome.direction_norm) and outcome.direction_norm > 0.0:
         searched = replace(searched, direction_norm=outcome.direction_norm)
