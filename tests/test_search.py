@@ -643,3 +643,42 @@ def test_match_displacement_measures_the_norm_of_adams_first_direction():
     off = alsals.ALSALS(other.parameters())
     off.step(lambda: ((other(X) - y) ** 2).mean())
     assert off.counters["searches"] == 1 and off.search_state["direction_norm"] == 0.0  # not measured when off
+
+
+def test_smoothing_per_step_forgets_by_the_steps_since_the_last_search():
+    from alsals.search import for_search
+
+    per_step = SearchConfig(smoothing=0.9, smoothing_per="step")
+    state = SearchState(step_size=0.01, smoothed_slope=1.0, smoothed_decrease=0.5, searches=12, last_search_step=10)
+    assert for_search(per_step, state, 30).smoothing == pytest.approx(0.9**20)
+    assert for_search(per_step, state, 11) is per_step  # one step since the last search: β_s itself
+    assert for_search(SearchConfig(smoothing=0.9), state, 30).smoothing == 0.9  # the paper's: per search
+    amortization = AmortizationConfig(warmup_searches=0)
+    due = replace(state, steps=29, steps_until_search=0)
+    p = plan(due, per_step, amortization)
+    result = SearchResult(p.step_size, 0.0, SearchStatus.ACCEPTED, 1, 0, 0)
+    outcome = Outcome(StepKind.SEARCHED, 1.0, 1, 1, anneal=1.0, slope=0.0, result=result)
+    after = advance(due, p, outcome, per_step, amortization)
+    assert after.smoothed_slope == pytest.approx(0.9**20)  # the old slope weighs β_s^20, this one's 0 the rest
+    assert after.last_search_step == 30
+    paper = advance(due, plan(due, SearchConfig(smoothing=0.9), amortization), outcome, SearchConfig(smoothing=0.9),
+                    amortization)
+    assert paper.smoothed_slope == pytest.approx(0.9)
+
+
+def test_smoothing_per_step_changes_nothing_when_every_step_searches():
+    def run(**kwargs):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        X, y = torch.randn(128, 5), torch.randn(128)
+        opt = alsals.ALSALS(model.parameters(), **kwargs)
+        for t in range(60):
+            idx = torch.arange(t % 4 * 32, t % 4 * 32 + 32)
+            opt.step(lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean())
+        return [p.detach().clone() for p in model.parameters()], opt
+
+    (paper, a), (per_step, b) = run(amortized=False), run(amortized=False, smoothing_per="step")
+    assert all(torch.equal(x, y) for x, y in zip(paper, per_step)) and a.step_size == b.step_size
+    (_, c), (_, d) = run(), run(smoothing_per="step")  # amortized: the searches forget faster
+    assert c.counters["skipped_searches"] > 0
+    assert d.search_state["smoothed_slope"] != c.search_state["smoothed_slope"]
