@@ -500,6 +500,9 @@ def test_the_increase_test_is_validated():
         SearchConfig(increase_test="raw")
     with pytest.raises(ValueError, match="increase_test"):
         alsals.ALSALS([torch.nn.Parameter(torch.zeros(2))], increase_test="both")
+    with pytest.raises(ValueError, match="max_increase > 1"):  # no larger trial to test without it
+        alsals.ALSALS([torch.nn.Parameter(torch.zeros(2))], increase_test="batch")
+    alsals.ALSALS([torch.nn.Parameter(torch.zeros(2))], increase_test="batch", max_increase=4.0)
 
 
 def _searched(state, config, result, amortization=None):

@@ -192,6 +192,12 @@ class ALSALSConfig:
             ("smoothing_per", SMOOTHING_PER),
         ):
             check_choice(name, getattr(self, name), allowed)
+        if self.increase_test != "smoothed" and self.max_increase <= 1.0:
+            raise ValueError(
+                f"increase_test={self.increase_test!r} decides what the two-way search's larger trial must "
+                "pass, and there is no larger trial with max_increase=1 (the search only shrinks). Give "
+                "max_increase > 1 (e.g. 4) as well, or leave increase_test at its default."
+            )
         if self.fused and self.foreach is False:
             raise ValueError(
                 "fused=True and foreach=False contradict each other: foreach=False asks for the "
