@@ -587,6 +587,8 @@ register_alsals_variant("alsals-salsa-interval", search_interval_rule="salsa", k
 register_alsals_variant("alsals-interval10", max_search_interval=10, knows_total_steps=True)
 register_alsals_variant("alsals-interval40", max_search_interval=40, knows_total_steps=True)
 register_alsals_variant("alsals-doubling", search_interval_rule="doubling", knows_total_steps=True)
+register_alsals_variant("alsals-doubling-anytime", search_interval_rule="doubling")
+register_alsals_variant("alsals-interval10-anytime", max_search_interval=10)
 register_alsals_variant("alsals-cosine", anneal="cosine", knows_total_steps=True)
 register_alsals_variant("alsals-linear", anneal="linear", knows_total_steps=True)
 register_alsals_variant("alsals-growth1.01", growth=1.01, knows_total_steps=True)
