@@ -20,12 +20,15 @@ def test_the_field_defaults_are_the_default_preset():
     assert alsals.ALSALS(params()).config == ALSALSConfig()
 
 
-def test_the_defaults_are_v0_1_with_the_anytime_average():
+def test_the_defaults_are_v0_1_with_the_doubling_interval_rule_and_the_anytime_average():
     default, v01 = resolve_config(None, {}), resolve_config("v0.1", {})
     differing = {f.name for f in dataclasses.fields(ALSALSConfig)
                  if f.name != "preset" and getattr(default, f.name) != getattr(v01, f.name)}
-    assert differing == {"average"}
+    assert differing == {"average", "search_interval_rule"}
+    assert (default.search_interval_rule, v01.search_interval_rule) == ("doubling", "halving")
     assert (default.interpolate, default.max_increase, default.average) == (False, 1.0, None)
+    # the dataclass's own defaults are the "default" preset
+    assert ALSALSConfig() == default
     assert v01.average is False
     # the average is kept only when the run's length is unknown
     assert default.averages and not resolve_config(None, {"total_steps": 10}).averages and not v01.averages
@@ -59,7 +62,8 @@ def test_the_configuration_is_one_frozen_recordable_object():
     with pytest.raises(dataclasses.FrozenInstanceError):
         opt.config.c = 0.1  # type: ignore[misc]
     assert opt.search_config == opt.config.search
-    assert opt.config.amortization == AmortizationConfig(max_interval=20, rule="halving")
+    assert opt.config.amortization == AmortizationConfig(max_interval=20, rule="doubling")
+    assert alsals.ALSALS(params(), preset="v0.1").config.amortization == AmortizationConfig(max_interval=20, rule="halving")
 
 
 @pytest.mark.parametrize(

@@ -666,7 +666,8 @@ def test_doubling_interval_drops_to_one_after_a_backtrack():
 def test_halving_interval_rule_halves_the_interval_per_cut_of_the_step_size():
     w = nn.Parameter(torch.ones(4))
     opt = alsals.ALSALS([w], preset="v0.1", initial_step_size=1e-3)
-    assert opt.config.search_interval_rule == "halving"  # the default
+    assert opt.config.search_interval_rule == "halving"  # version 0.1's default
+    assert alsals.ALSALS([w]).config.search_interval_rule == "doubling"  # ours
     for _ in range(30):
         opt.step(lambda: 1e-3 * (w**2).sum())
     assert opt.search_state["search_interval"] == 20

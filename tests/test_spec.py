@@ -53,10 +53,12 @@ CASES = {
     "paper-ascent": (flipping_batches, {"beta_s": 0.5, "beta1": 0.97}, "paper"),
     # version 0.1's defaults: c = 0.5, beta_s = 0.9, the amortized search with the halving rule
     "v0.1": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True}, "v0.1"),
-    # our defaults (ALSALS()): 0.1's search (the average of the iterates does not change the steps)
-    "defaults": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True}, None),
+    # our defaults (ALSALS()): 0.1's search with the doubling interval rule (the average of the iterates
+    # does not change the steps)
+    "defaults": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True, "doubling": True}, None),
     # the option of interpolated cuts and the two-way search (interpolate=True, max_increase=4)
-    "two-way": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True, "two_way": True}, None),
+    "two-way": (curved_batches, {"c": 0.5, "beta_s": 0.9, "amortized": True, "two_way": True, "doubling": True},
+                None),
 }
 
 
@@ -93,9 +95,11 @@ def loss_and_grad(w, batch):
 
 
 def replay(batches, w0, *, eta0=0.1, c=0.3, beta1=0.9, beta2=0.999, eps=1e-8, beta_s=0.99, gamma=1 / 0.999,
-           beta_b=0.9, amortized=False, warmup=10, max_interval=20, two_way=False, max_increase=4.0):
-    """The ALGORITHM.md steps, literally (and docs/algorithm.md's amortized search, halving rule;
-    with ``two_way`` its interpolated cuts and its one increase after an accepted first trial)."""
+           beta_b=0.9, amortized=False, warmup=10, max_interval=20, two_way=False, max_increase=4.0,
+           doubling=False):
+    """The ALGORITHM.md steps, literally (and docs/algorithm.md's amortized search, halving rule, or
+    with ``doubling`` the doubling rule; with ``two_way`` its interpolated cuts and its one increase
+    after an accepted first trial)."""
     w = list(w0)
     m, v = [0.0] * DIM, [0.0] * DIM
     eta, s, h = eta0, 0.0, 0.0
@@ -153,7 +157,10 @@ def replay(batches, w0, *, eta0=0.1, c=0.3, beta1=0.9, beta2=0.999, eps=1e-8, be
         w = trial
         etas.append(eta)
         searches += 1
-        interval = min(2 * interval, max_interval) if adjustments == 0 else max(1, interval >> adjustments)
+        if adjustments == 0:
+            interval = min(2 * interval, max_interval)
+        else:
+            interval = 1 if doubling else max(1, interval >> adjustments)
         until_search = interval - 1
     return etas, w, ascents, backtracks, skipped, increases
 

@@ -236,9 +236,10 @@ class ALSALS(Optimizer):
         amortized: search only every few steps (:class:`~alsals.search.AmortizationConfig`; on; the
             paper: off).
         max_search_interval: the longest interval between amortized searches (20).
-        search_interval_rule: ``"halving"`` (the interval doubles after a search that did not cut
-            the step size and halves for every cut of one that did), ``"doubling"`` (it drops to 1
-            after any cut) or ``"salsa"`` (SaLSa's rule from two averages of the accepted step size).
+        search_interval_rule: ``"doubling"`` (the default: the interval doubles after a search that
+            did not cut the step size and drops to 1 after any cut), ``"halving"`` (version 0.1's: it
+            halves for every cut instead) or ``"salsa"`` (SaLSa's rule from two averages of the
+            accepted step size).
         anneal: the built-in anneal's shape when ``total_steps`` is given: ``"wsd"`` (full step, then
             a linear decay over the last ``anneal_fraction`` of the run), ``"linear"`` or ``"cosine"``.
         anneal_fraction: the share of the run spent decaying with ``"wsd"`` (0.2).

@@ -476,16 +476,18 @@ class AmortizationConfig:
     evaluation. The first ``warmup_searches`` steps always search. Then the interval ``L`` to the
     next search follows ``rule``:
 
-    - ``"halving"`` (ALSALS's default): a search that accepted its first trial (it did not have to
+    - ``"halving"`` (version 0.1's default): a search that accepted its first trial (it did not have to
       cut the step size) doubles the interval, up to ``max_interval``; a search that committed after
       ``k`` cuts of the step size divides it by ``2^k`` (at least 1); a search that gave up or failed
       resets it to 1. Searches become rare while they only confirm the step size. One cut (the step
       size was ``1/β`` too large, as when it drifts slowly down while the carried step grows by
       ``γ`` per step) is weak evidence and only halves the interval; several cuts (the landscape
       changed) bring the next search close. See :func:`next_interval`.
-    - ``"doubling"``: the same, but any cut resets the interval to 1. Where the step size drifts
-      down slowly this searches every 6–9 steps instead of every 12–15 (the overhead suite's GPT),
-      for the same final losses on the benchmark tasks.
+    - ``"doubling"`` (ALSALS's default since 0.2): the same, but any cut resets the interval to 1:
+      the search looks again at the next step whenever it had to correct the step size. Where the
+      step size drifts down slowly this searches more often than ``"halving"`` (every 6–9 steps
+      instead of every 12–15 on the overhead suite's GPT); on the benchmark's dev split it gave the
+      lower losses (docs/benchmarks.md, "Third round").
     - ``"salsa"`` (SaLSa's rule, the SaLSa preset): two EMAs of the accepted step size, fast
       (``β = 0.9``) and slow (``β = 0.99``) per search; with ``r = η̄_f/η̄_s`` (inverted below 1),
       ``L = clamp(round(1/(r − 1)), 1, max_interval)`` (:func:`search_interval`). After the step size
