@@ -499,7 +499,7 @@ class AmortizationConfig:
     slow: float = 0.99
     max_interval: int = 20
     warmup_searches: int = 10
-    rule: str = "halving"
+    rule: str = "halving"  # 0.1's; ALSALS passes its own (``search_interval_rule``, default "doubling")
 
     def __post_init__(self) -> None:
         check_range("fast", self.fast, 0.0, 1.0, low_open=False, high_open=True)
