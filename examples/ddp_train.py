@@ -93,6 +93,7 @@ def main() -> None:
         for r, (step_size, evaluations, backtracks) in enumerate(everyone):
             print(f"rank {r}: final step size {step_size:.6f}, {evaluations} evaluations, {backtracks} backtracks")
         print("all ranks agree" if all(e == everyone[0] for e in everyone) else "RANKS DISAGREE", flush=True)
+    dist.barrier()  # no rank tears gloo down while another is still in a collective
     dist.destroy_process_group()
 
 
