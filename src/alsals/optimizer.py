@@ -740,13 +740,11 @@ class ALSALS(Optimizer):
             # Replicated parameters: the slope is the same on every data-parallel rank (the gradients
             # are averaged), and averaging keeps it so. Sharded parameters: each rank holds a weighted
             # partial sum (see _directions), and the sum is the slope. Either way every rank reads the
-            # same reduced value, in the same collective as the trial loss.
-            slope_means = 1 if self._slope_weights else 2
+            # same reduced value, in the same collective as the trial loss (‖d‖², when measured, too).
             values = [evaluator.trial(), slope_tensor]
-            if step_plan.measure_direction:  # ‖d‖², reduced as the slope is
+            if step_plan.measure_direction:
                 values.append(self._direction_square_norm(buckets))
-                slope_means += 0 if self._slope_weights else 1
-            read = self._read(values, num_means=slope_means)
+            read = self._read(values, num_means=1 if self._slope_weights else len(values))
             loss1, exact_slope = read[0], read[1]
             direction_norm = math.sqrt(read[2]) if step_plan.measure_direction and read[2] >= 0.0 else math.nan
             slope = exact_slope if fd_slope is None else fd_slope

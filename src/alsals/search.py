@@ -660,7 +660,7 @@ class Plan:
         step: this step's number (1-based; it drives the built-in anneal).
         search: run the line search; otherwise an amortized step along the direction with no trial.
         step_size: the grown step size ``clamp(η·γ)``: where the search starts, or the step size of an
-            amortized step (with ``recover``, a search below the recovery level starts higher).
+            amortized step (with ``recover`` or ``match_displacement``, a search may start higher).
         recovering: the search starts from a recovered step size (``recover``), above ``η·γ``.
         matching: the search starts from the displacement-matched step size, above ``η·γ``.
         measure_direction: the optimizer measures ``‖d‖`` in this search (``match_displacement``).
@@ -836,10 +836,11 @@ def advance(
         return searched
     if amortization.rule in ("doubling", "halving"):
         committed = status.commits and status is not SearchStatus.GAVE_UP
-        # An increase, a recovered step size, or a step size left well below the batch's boundary, says
-        # the carried step size was off, as a cut does: each shortens the interval.
-        recovered = int((plan.recovering or plan.matching) and result.backtracks == 0)
-        adjustments = result.backtracks + result.increases + int(result.unconfirmed) + recovered
+        # An increase, a search started above η·γ (recovered or matched) that held, or a step size left
+        # well below the batch's boundary, says the carried step size was off, as a cut does: each
+        # shortens the interval.
+        raised_start = int((plan.recovering or plan.matching) and result.backtracks == 0)
+        adjustments = result.backtracks + result.increases + int(result.unconfirmed) + raised_start
         interval = next_interval(
             state.search_interval, adjustments, committed, amortization.max_interval,
             halve=amortization.rule == "halving",
