@@ -37,6 +37,7 @@ from .search import (
     INTERVAL_RULES,
     MATCH_DISPLACEMENT,
     SMOOTHING_PER,
+    CUT_PER,
     AmortizationConfig,
     SearchConfig,
 )
@@ -71,6 +72,7 @@ _V0_1: Dict[str, Any] = dict(
     recover=False,
     match_displacement="off",
     smoothing_per="search",
+    cut_per="search",
     average=False,
 )
 
@@ -152,6 +154,7 @@ class ALSALSConfig:
     recover: bool = False
     match_displacement: str = "off"
     smoothing_per: str = "search"
+    cut_per: str = "search"
     average: Optional[bool] = None
     total_steps: Optional[int] = None
     foreach: Optional[bool] = None
@@ -191,6 +194,7 @@ class ALSALSConfig:
             ("increase_test", INCREASE_TESTS),
             ("match_displacement", MATCH_DISPLACEMENT),
             ("smoothing_per", SMOOTHING_PER),
+            ("cut_per", CUT_PER),
         ):
             check_choice(name, getattr(self, name), allowed)
         if self.increase_test != "smoothed" and self.max_increase <= 1.0:
@@ -231,6 +235,7 @@ class ALSALSConfig:
             recover=self.recover,
             match_displacement=self.match_displacement,
             smoothing_per=self.smoothing_per,
+            cut_per=self.cut_per,
         )
 
     @cached_property

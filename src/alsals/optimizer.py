@@ -223,6 +223,11 @@ class ALSALS(Optimizer):
             amortized search the EMAs span the last ~10 searches) or ``"step"`` (a search ``L`` steps
             after the last folds its measurement in with ``β_s^L``; see
             :func:`~alsals.search.for_search`).
+        cut_per: what a cut found by an amortized search counts for: ``"search"`` (the paper's: the
+            accepted step size is carried on) or ``"step"`` (a search ``L`` steps after the last that
+            cut the step size by ``r`` carries ``r^L`` times the grown one: the cut counted for each
+            step since the last search, so the step size settles where a search at every step would;
+            see :class:`~alsals.search.SearchConfig`).
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
         min_step_size, max_step_size: bounds of the step size (1e-10, 10).
@@ -308,6 +313,7 @@ class ALSALS(Optimizer):
         recover: Optional[bool] = None,
         match_displacement: Optional[str] = None,
         smoothing_per: Optional[str] = None,
+        cut_per: Optional[str] = None,
         average: Optional[bool] = None,
         total_steps: Optional[int] = None,
         foreach: Optional[bool] = None,
@@ -331,7 +337,7 @@ class ALSALS(Optimizer):
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
                 interpolate=interpolate, max_increase=max_increase, rate_smoothing=rate_smoothing,
                 increase_test=increase_test, recover=recover, match_displacement=match_displacement,
-                smoothing_per=smoothing_per, average=average,
+                smoothing_per=smoothing_per, cut_per=cut_per, average=average,
                 total_steps=total_steps, foreach=foreach, fused=fused, distributed=distributed,
                 check_consistency=check_consistency,
             ),

@@ -589,6 +589,12 @@ register_alsals_variant("alsals-interval40", max_search_interval=40, knows_total
 register_alsals_variant("alsals-doubling", search_interval_rule="doubling", knows_total_steps=True)
 register_alsals_variant("alsals-doubling-anytime", search_interval_rule="doubling")
 register_alsals_variant("alsals-interval10-anytime", max_search_interval=10)
+# Fourth round, on top of the doubling default: a cut found after L untested steps counted for each of
+# them (cut_per="step"), and growth only at a search (growth_per="search"; SaLSa's).
+register_alsals_variant("alsals-cut-per-step", cut_per="step", knows_total_steps=True)
+register_alsals_variant("alsals-cut-per-step-anytime", cut_per="step")
+register_alsals_variant("alsals-growth-per-search", growth_per="search", knows_total_steps=True)
+register_alsals_variant("alsals-growth-per-search-anytime", growth_per="search")
 register_alsals_variant("alsals-cosine", anneal="cosine", knows_total_steps=True)
 register_alsals_variant("alsals-linear", anneal="linear", knows_total_steps=True)
 register_alsals_variant("alsals-growth1.01", growth=1.01, knows_total_steps=True)
