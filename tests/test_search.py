@@ -1,5 +1,6 @@
 """The line search as pure logic, and property tests (hypothesis) on its guarantees."""
 
+import copy
 import functools
 import math
 from dataclasses import replace
@@ -685,3 +686,90 @@ def test_smoothing_per_step_changes_nothing_when_every_step_searches():
     (_, c), (_, d) = run(), run(smoothing_per="step")  # amortized: the searches forget faster
     assert c.counters["skipped_searches"] > 0
     assert d.search_state["smoothed_slope"] != c.search_state["smoothed_slope"]
+
+
+def test_cut_per_step_counts_a_cut_for_every_step_since_the_last_search():
+    """A search 20 steps after the last one that cut the grown step size by r carries r^20 times it; the
+    step itself was taken at the accepted step size (what the search returned)."""
+    per_step = SearchConfig(cut_per="step")
+    amortization = AmortizationConfig(warmup_searches=0)
+    due = SearchState(step_size=0.01, searches=12, steps=29, steps_until_search=0, last_search_step=10)
+    p = plan(due, per_step, amortization)
+    assert p.search and p.step_size == pytest.approx(0.01 / 0.999)
+    cut = SearchResult(p.step_size * 0.9, 0.0, SearchStatus.ACCEPTED, 2, 1, 0)
+    outcome = Outcome(StepKind.SEARCHED, 1.0, 2, 1, anneal=1.0, slope=1.0, result=cut)
+    after = advance(due, p, outcome, per_step, amortization)
+    assert after.step_size == pytest.approx(p.step_size * 0.9**20)
+    paper = advance(due, p, outcome, SearchConfig(), amortization)
+    assert paper.step_size == pytest.approx(p.step_size * 0.9)  # "search": the accepted one
+    # no cut, a search right after the last one, a search that gave up: carried as accepted
+    kept = SearchResult(p.step_size, 0.0, SearchStatus.ACCEPTED, 1, 0, 0)
+    assert advance(due, p, replace(outcome, result=kept), per_step, amortization).step_size == p.step_size
+    next_step = replace(due, last_search_step=29)
+    assert advance(next_step, p, outcome, per_step, amortization).step_size == pytest.approx(p.step_size * 0.9)
+    gave_up = SearchResult(1e-10, 0.0, SearchStatus.GAVE_UP, 101, 100, 0)
+    assert advance(due, p, replace(outcome, result=gave_up), per_step, amortization).step_size == 1e-10
+    floor = SearchConfig(cut_per="step", min_step_size=5e-3)
+    assert advance(due, p, outcome, floor, amortization).step_size == 5e-3  # clamped to the bounds
+
+
+def test_cut_per_step_changes_nothing_when_every_step_searches_and_cuts_harder_when_amortized():
+    """A least-squares problem whose curvature grows 100-fold at step 120: the amortized search finds the
+    carried step size too large there. Counted per step, that cut lowers the step size further."""
+
+    def run(**kwargs):
+        torch.manual_seed(0)
+        A = torch.randn(64, 8)
+        batches = [torch.randint(0, 64, (16,)) for _ in range(200)]
+        torch.manual_seed(1)
+        w = torch.nn.Parameter(torch.randn(8))
+        opt = alsals.ALSALS([w], initial_step_size=1.0, **kwargs)
+        sizes = []
+        for t in range(200):
+            scale = 10.0 if t >= 120 else 1.0
+            opt.step(lambda: ((scale * A[batches[t]] @ w - 1.0) ** 2).mean())
+            sizes.append(opt.step_size)
+        return w.detach().clone(), opt, sizes
+
+    (w1, a, _), (w2, b, _) = run(amortized=False), run(amortized=False, cut_per="step")
+    assert torch.equal(w1, w2) and a.step_size == b.step_size  # every step searches: L = 1 always
+    (_, c, sizes_c), (_, d, sizes_d) = run(), run(cut_per="step")
+    assert c.counters["skipped_searches"] > 0
+    first = next(i for i, (x, y) in enumerate(zip(sizes_c, sizes_d)) if x != y)
+    assert first >= 120  # the same trajectory up to the first cut after an amortized stretch
+    assert sizes_d[first] < 0.5 * sizes_c[first]  # there the cut counts for the steps since the last search
+    assert d.step_size < c.step_size
+
+
+def test_cut_per_is_checked_and_resumes_bitwise():
+    with pytest.raises(ValueError, match="cut_per"):
+        alsals.ALSALS([torch.nn.Parameter(torch.zeros(2))], cut_per="steps")
+    assert alsals.ALSALS([torch.nn.Parameter(torch.zeros(2))]).config.cut_per == "search"
+    assert alsals.ALSALS([torch.nn.Parameter(torch.zeros(2))], preset="v0.1").config.cut_per == "search"
+
+    def make():
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        return model, alsals.ALSALS(model.parameters(), initial_step_size=1.0, cut_per="step")
+
+    X, y = torch.randn(128, 4), torch.randn(128)
+
+    def closure_for(model, t):
+        idx = torch.arange(t % 4 * 32, t % 4 * 32 + 32)
+        return lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean()
+
+    model, opt = make()
+    for t in range(60):
+        opt.step(closure_for(model, t))
+    saved_model, saved_opt = [p.detach().clone() for p in model.parameters()], copy.deepcopy(opt.state_dict())
+    for t in range(60, 140):
+        opt.step(closure_for(model, t))
+    model2, opt2 = make()
+    with torch.no_grad():
+        for p, q in zip(model2.parameters(), saved_model):
+            p.copy_(q)
+    opt2.load_state_dict(saved_opt)
+    for t in range(60, 140):
+        opt2.step(closure_for(model2, t))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
+    assert opt2.step_size == opt.step_size and opt2.counters == opt.counters
