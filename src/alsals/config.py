@@ -32,12 +32,12 @@ from . import kernels
 from ._validation import check_bool, check_choice, check_int, check_range
 from .anneal import ANNEAL_SHAPES, anneal_factor
 from .search import (
+    CUT_PER,
     GROWTH_PER,
     INCREASE_TESTS,
     INTERVAL_RULES,
     MATCH_DISPLACEMENT,
     SMOOTHING_PER,
-    CUT_PER,
     AmortizationConfig,
     SearchConfig,
 )
