@@ -59,7 +59,7 @@ ROW_NOTES = {
     "alsals-doubling-anytime": "ablation: the same, no anneal, evaluated at its average",
     "alsals-interval10": "ablation: 0.1 with max_search_interval=10, total_steps=T",
     "alsals-interval10-anytime": "ablation: the same, no anneal, evaluated at its average",
-    "alsals-cut-per-step": "ablation: ALSALS(cut_per='step', total_steps=T): a cut counted per step since the last",
+    "alsals-cut-per-step": "ablation: ALSALS(cut_per='step', total_steps=T): cuts counted per step",
     "alsals-cut-per-step-anytime": "ablation: the same, no anneal, evaluated at its average",
     "alsals-growth-per-search": "ablation: ALSALS(growth_per='search', total_steps=T): growth only at a search",
     "alsals-growth-per-search-anytime": "ablation: the same, no anneal, evaluated at its average",
