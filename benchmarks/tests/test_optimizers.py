@@ -179,3 +179,17 @@ def test_schedulefree_is_evaluated_at_its_averaged_point_with_batchnorm_recomput
     assert rec["config"]["batchnorm_recalibrated"] is True
     assert rec["optimizer_config"]["schedulefree_eval"] is True
     assert not math.isnan(rec["final_train_loss"])
+
+
+@pytest.mark.parametrize("name", ["alsals-recover", "alsals-two-way", "alsals-interval10", "alsals-no-amortisation",
+                                  "alsals-recover-anytime", "alsals-two-way-anytime-no-average"])
+def test_the_ablations_of_0_1_keep_0_1s_engine_when_the_defaults_move_on(name):
+    """The "0.1 + X" rows were measured with 0.1's halving interval rule; they stay pinned to it (a rerun
+    of them under the doubling default would mix two configurations in one row)."""
+    model = nn.Linear(3, 2)
+    opt = opts.get_spec(name).factory(model, _ctx()).optimizer
+    assert opt.config.search_interval_rule == "halving"
+    anytime = name.endswith("-anytime")
+    assert opt.config.averages == anytime  # the anytime rows evaluate at the average; no-average does not
+    new = opts.get_spec("alsals-cut-per-step").factory(model, _ctx()).optimizer
+    assert new.config.search_interval_rule == "doubling"  # the fourth round's rows start from the defaults
