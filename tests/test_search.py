@@ -693,7 +693,8 @@ def test_cut_per_step_counts_a_cut_for_every_step_since_the_last_search():
     step itself was taken at the accepted step size (what the search returned)."""
     per_step = SearchConfig(cut_per="step")
     amortization = AmortizationConfig(warmup_searches=0)
-    due = SearchState(step_size=0.01, searches=12, steps=29, steps_until_search=0, last_search_step=10)
+    due = SearchState(step_size=0.01, searches=12, steps=29, steps_until_search=0, last_search_step=10,
+                      search_interval=20)
     p = plan(due, per_step, amortization)
     assert p.search and p.step_size == pytest.approx(0.01 / 0.999)
     cut = SearchResult(p.step_size * 0.9, 0.0, SearchStatus.ACCEPTED, 2, 1, 0)
@@ -773,3 +774,52 @@ def test_cut_per_is_checked_and_resumes_bitwise():
         opt2.step(closure_for(model2, t))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
     assert opt2.step_size == opt.step_size and opt2.counters == opt.counters
+
+
+def test_a_state_saved_without_last_search_step_resumes_as_if_it_had_it():
+    """State dicts saved before ``last_search_step`` existed rebuild it from the interval in progress, so
+    the rules that count steps since the last search (``cut_per``, ``smoothing_per``) do not see a gap
+    of the whole run (which would cut the step size to the floor at the first cut)."""
+
+    def make():
+        torch.manual_seed(0)
+        A = torch.randn(64, 8)
+        batches = [torch.randint(0, 64, (16,)) for _ in range(200)]
+        torch.manual_seed(1)
+        w = torch.nn.Parameter(torch.randn(8))
+        return A, batches, w, alsals.ALSALS([w], initial_step_size=1.0, cut_per="step", smoothing_per="step")
+
+    def closure_for(A, batches, w, t):
+        scale = 10.0 if t >= 120 else 1.0
+        return lambda: ((scale * A[batches[t]] @ w - 1.0) ** 2).mean()
+
+    A, batches, w, opt = make()
+    for t in range(100):
+        opt.step(closure_for(A, batches, w, t))
+    assert opt.search_state["steps_until_search"] > 0  # saved in the middle of an amortized stretch
+    saved, saved_w = copy.deepcopy(opt.state_dict()), w.detach().clone()
+    for t in range(100, 200):
+        opt.step(closure_for(A, batches, w, t))
+    old = copy.deepcopy(saved)
+    for group in old["param_groups"]:
+        del group["search"]["last_search_step"]
+    A2, batches2, w2, opt2 = make()
+    with torch.no_grad():
+        w2.copy_(saved_w)
+    opt2.load_state_dict(old)
+    assert opt2.search_state["last_search_step"] == saved["param_groups"][0]["search"]["last_search_step"]
+    for t in range(100, 200):
+        opt2.step(closure_for(A2, batches2, w2, t))
+    assert torch.equal(w2.detach(), w.detach()) and opt2.step_size == opt.step_size > 1e-6
+
+
+def test_cut_per_step_counts_only_the_steps_of_the_interval_that_ended():
+    per_step = SearchConfig(cut_per="step")
+    amortization = AmortizationConfig(warmup_searches=0)
+    # 20 steps since the last search, of which the interval accounts for 8 (the others were skipped)
+    due = SearchState(step_size=0.01, searches=12, steps=29, steps_until_search=0, last_search_step=10,
+                      search_interval=8)
+    p = plan(due, per_step, amortization)
+    cut = SearchResult(p.step_size * 0.9, 0.0, SearchStatus.ACCEPTED, 2, 1, 0)
+    outcome = Outcome(StepKind.SEARCHED, 1.0, 2, 1, anneal=1.0, slope=1.0, result=cut)
+    assert advance(due, p, outcome, per_step, amortization).step_size == pytest.approx(p.step_size * 0.9**8)

@@ -181,8 +181,13 @@ def test_schedulefree_is_evaluated_at_its_averaged_point_with_batchnorm_recomput
     assert not math.isnan(rec["final_train_loss"])
 
 
-@pytest.mark.parametrize("name", ["alsals-recover", "alsals-two-way", "alsals-interval10", "alsals-no-amortisation",
-                                  "alsals-recover-anytime", "alsals-two-way-anytime-no-average"])
+@pytest.mark.parametrize("name", [
+    "alsals-no-amortisation", "alsals-interpolate-only", "alsals-increase-only", "alsals-two-way",
+    "alsals-two-way-anytime", "alsals-two-way-anytime-no-average", "alsals-batch-increase",
+    "alsals-batch-increase-anytime", "alsals-recover", "alsals-recover-anytime", "alsals-match-warmup",
+    "alsals-match-always", "alsals-match-warmup-anytime", "alsals-smooth-per-step", "alsals-smooth-per-step-anytime",
+    "alsals-interval10", "alsals-interval10-anytime", "alsals-cosine", "alsals-linear",
+])
 def test_the_ablations_of_0_1_keep_0_1s_engine_when_the_defaults_move_on(name):
     """The "0.1 + X" rows were measured with 0.1's halving interval rule; they stay pinned to it (a rerun
     of them under the doubling default would mix two configurations in one row)."""

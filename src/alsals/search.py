@@ -646,7 +646,11 @@ class SearchState:
     def from_dict(cls, saved: Optional[Mapping[str, Any]], config: SearchConfig) -> "SearchState":
         """Rebuild the state from :meth:`to_dict` output, or from a state dict of version 0.1.0 (the
         same keys; its status ``"amortised"`` reads as ``"amortized"``). Missing keys take their
-        initial values; unknown keys are ignored."""
+        initial values, except ``last_search_step``, which a state saved before it existed lacks: it
+        is reconstructed from the interval in progress (the last search was
+        ``search_interval − 1 − steps_until_search`` steps before the last step), so that the rules
+        that count steps since the last search (``smoothing_per``, ``cut_per``) resume as if it had
+        been saved. Unknown keys are ignored."""
         if not saved:
             return cls.initial(config)
         values: Dict[str, Any] = {}
@@ -657,6 +661,9 @@ class SearchState:
         values.setdefault("step_size", config.initial_step_size)
         if values.get("last_status") == "amortised":
             values["last_status"] = StepKind.AMORTIZED.value
+        if "last_search_step" not in values and int(values.get("searches", 0)) > 0:
+            since = int(values.get("search_interval", 1)) - 1 - int(values.get("steps_until_search", 0))
+            values["last_search_step"] = max(0, int(values.get("steps", 0)) - max(0, since))
         return cls(**values)
 
     @property
@@ -783,14 +790,17 @@ def for_search(config: SearchConfig, state: SearchState, step: int) -> SearchCon
 
 def carried_after_cut(state: SearchState, plan: Plan, result: SearchResult, config: SearchConfig) -> float:
     """The step size a search carries forward: ``result.step_size``, or with ``cut_per="step"``, after a
-    search ``L = plan.step − last_search_step`` steps after the previous one that committed a step
-    size below the grown one ``clamp(η·γ)`` (factor ``r``), ``clamp(η·γ·r^L)``: the cut counted once
-    for every step since the last search (:class:`SearchConfig`, ``cut_per``). A search that gave up
-    or failed, or that cut nothing, carries its step size as it is."""
+    search that committed a step size below the grown one ``clamp(η·γ)`` (factor ``r``),
+    ``clamp(η·γ·r^L)``: the cut counted once for every step it stands for (:class:`SearchConfig`,
+    ``cut_per``). ``L`` is the number of steps since the last search, ``plan.step − last_search_step``,
+    at most the interval that just ended (``search_interval``): steps skipped for a non-finite loss,
+    which did not grow the step size, are not counted. A search that gave up or failed, or that cut
+    nothing, carries its step size as it is; one that stopped because the loss could no longer
+    resolve a smaller step (``UNRESOLVABLE``) after cuts counts as one that cut."""
     accepted = result.step_size
     if config.cut_per != "step" or result.status in (SearchStatus.GAVE_UP, SearchStatus.FAILED):
         return accepted
-    gap = plan.step - state.last_search_step
+    gap = min(plan.step - state.last_search_step, max(state.search_interval, 1))
     grown = config.grow(state.step_size)
     if gap <= 1 or not 0.0 < accepted < grown:
         return accepted

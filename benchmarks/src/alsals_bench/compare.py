@@ -342,12 +342,13 @@ def summarize(runs: Sequence[dict]) -> dict:
 DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase-only", "alsals-two-way",
                       "alsals-batch-increase", "alsals-recover", "alsals-match-warmup", "alsals-match-always",
                       "alsals-smooth-per-step", "alsals-no-amortisation", "alsals-doubling", "alsals-interval10",
-                      "alsals-cut-per-step", "alsals-growth-per-search", "alsals-doubling-interval10")
+                      "alsals-cut-per-step", "alsals-growth-per-search", "alsals-doubling-interval10",
+                      "alsals-doubling-interpolate")
 ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average", "alsals-two-way-anytime",
                       "alsals-anytime", "alsals-batch-increase-anytime", "alsals-recover-anytime",
                       "alsals-match-warmup-anytime", "alsals-smooth-per-step-anytime", "alsals-doubling-anytime",
                       "alsals-interval10-anytime", "alsals-cut-per-step-anytime", "alsals-growth-per-search-anytime",
-                      "alsals-doubling-interval10-anytime")
+                      "alsals-doubling-interval10-anytime", "alsals-doubling-interpolate-anytime")
 
 
 def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> list[dict]:

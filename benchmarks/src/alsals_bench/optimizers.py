@@ -605,6 +605,9 @@ register_alsals_variant("alsals-growth-per-search-anytime", growth_per="search")
 # The doubling default with the longest interval 10 (the best 0.1 variant on the test split, re-asked on dev).
 register_alsals_variant("alsals-doubling-interval10", max_search_interval=10, knows_total_steps=True)
 register_alsals_variant("alsals-doubling-interval10-anytime", max_search_interval=10)
+# Interpolated cuts on top of the doubling default (on five dev seeds 0.1 + interpolated cuts beat 0.1's search).
+register_alsals_variant("alsals-doubling-interpolate", interpolate=True, knows_total_steps=True)
+register_alsals_variant("alsals-doubling-interpolate-anytime", interpolate=True)
 register_alsals_variant("alsals-cosine", **ON_V01, anneal="cosine", knows_total_steps=True)
 register_alsals_variant("alsals-linear", **ON_V01, anneal="linear", knows_total_steps=True)
 register_alsals_variant("alsals-growth1.01", growth=1.01, knows_total_steps=True)
