@@ -226,8 +226,8 @@ class ALSALS(Optimizer):
         cut_per: what a cut found by an amortized search counts for: ``"search"`` (the paper's: the
             accepted step size is carried on) or ``"step"`` (a search ``L`` steps after the last that
             cut the step size by ``r`` carries ``r^L`` times the grown one: the cut counted for each
-            step since the last search, so the step size settles where a search at every step would;
-            see :class:`~alsals.search.SearchConfig`).
+            step since the last search, so that the expected change of ``ln η`` per step is that of a
+            search at every step; see :class:`~alsals.search.SearchConfig`).
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
         min_step_size, max_step_size: bounds of the step size (1e-10, 10).
