@@ -779,7 +779,7 @@ def test_cut_per_is_checked_and_resumes_bitwise():
 def test_a_state_saved_without_last_search_step_resumes_as_if_it_had_it():
     """State dicts saved before ``last_search_step`` existed rebuild it from the interval in progress, so
     the rules that count steps since the last search (``cut_per``, ``smoothing_per``) do not see a gap
-    of the whole run (which would cut the step size to the floor at the first cut)."""
+    of the whole run: the resumed run's whole search state is the uninterrupted run's."""
 
     def make():
         torch.manual_seed(0)
@@ -811,6 +811,7 @@ def test_a_state_saved_without_last_search_step_resumes_as_if_it_had_it():
     for t in range(100, 200):
         opt2.step(closure_for(A2, batches2, w2, t))
     assert torch.equal(w2.detach(), w.detach()) and opt2.step_size == opt.step_size > 1e-6
+    assert opt2.search_state == opt.search_state
 
 
 def test_cut_per_step_counts_only_the_steps_of_the_interval_that_ended():

@@ -121,9 +121,11 @@ class SearchConfig:
             (:func:`carried_after_cut`); the step itself is taken at the accepted step size. Reason:
             the carried step size grows by ``γ`` at every step, searched or not, but only one batch
             in ``L`` can cut it. A search at every step settles where the share of batches that
-            reject is ``p* = ln γ / ln(1/β_b)`` (about 1% at the defaults); the amortized search, which
-            grows ``L`` times per sample and cuts once, settles where ``L·p*`` of the sampled batches
-            reject (about 20% at ``L = 20``), a larger step size nearer the edge of stability. Counting
+            reject is ``p* = ln γ / ln(1/β_b)`` (about 1% at the defaults, one cut per rejecting batch);
+            the amortized search, which grows ``L`` times per sample and cuts once, settles where about
+            ``L·p*`` of the sampled batches reject (about 20% at a fixed ``L = 20``; less under the
+            doubling rule, which resets the interval after a cut), a larger step size nearer the edge
+            of stability. Counting
             the sampled cut once for each of the ``L`` steps it stands for makes the expected change of
             ``ln η`` per step that of a search at every step (an unbiased estimate of it from one
             batch in ``L``), at the amortized cost; without amortization the two are the same.
@@ -648,9 +650,9 @@ class SearchState:
         same keys; its status ``"amortised"`` reads as ``"amortized"``). Missing keys take their
         initial values, except ``last_search_step``, which a state saved before it existed lacks: it
         is reconstructed from the interval in progress (the last search was
-        ``search_interval − 1 − steps_until_search`` steps before the last step), so that the rules
-        that count steps since the last search (``smoothing_per``, ``cut_per``) resume as if it had
-        been saved. Unknown keys are ignored."""
+        ``search_interval − 1 − steps_until_search`` steps before the last step; later by the number of
+        steps skipped since, which did not count down the interval), so that the rules that count
+        steps since the last search (``smoothing_per``, ``cut_per``) resume as if it had been saved. Unknown keys are ignored."""
         if not saved:
             return cls.initial(config)
         values: Dict[str, Any] = {}
@@ -793,8 +795,8 @@ def carried_after_cut(state: SearchState, plan: Plan, result: SearchResult, conf
     search that committed a step size below the grown one ``clamp(η·γ)`` (factor ``r``),
     ``clamp(η·γ·r^L)``: the cut counted once for every step it stands for (:class:`SearchConfig`,
     ``cut_per``). ``L`` is the number of steps since the last search, ``plan.step − last_search_step``,
-    at most the interval that just ended (``search_interval``): steps skipped for a non-finite loss,
-    which did not grow the step size, are not counted. A search that gave up or failed, or that cut
+    at most the interval that just ended (``search_interval``): after the warm-up, steps skipped for a
+    non-finite loss, which did not grow the step size, are not counted. A search that gave up or failed, or that cut
     nothing, carries its step size as it is; one that stopped because the loss could no longer
     resolve a smaller step (``UNRESOLVABLE``) after cuts counts as one that cut."""
     accepted = result.step_size
