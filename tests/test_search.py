@@ -714,21 +714,33 @@ def test_cut_per_step_counts_a_cut_for_every_step_since_the_last_search():
     assert advance(due, p, outcome, floor, amortization).step_size == 5e-3  # clamped to the bounds
 
 
+def _curvature_change(**kwargs):
+    """A least-squares problem on mini-batches whose curvature grows 100-fold at step 120 (where the
+    amortized search finds the carried step size too large), with ``ALSALS([w], initial_step_size=1,
+    **kwargs)``: returns ``w``, the optimizer and ``closure_for(t)``, the closure of step ``t``."""
+    torch.manual_seed(0)
+    A = torch.randn(64, 8)
+    batches = [torch.randint(0, 64, (16,)) for _ in range(200)]
+    torch.manual_seed(1)
+    w = torch.nn.Parameter(torch.randn(8))
+    opt = alsals.ALSALS([w], initial_step_size=1.0, **kwargs)
+
+    def closure_for(t):
+        scale = 10.0 if t >= 120 else 1.0
+        return lambda: ((scale * A[batches[t]] @ w - 1.0) ** 2).mean()
+
+    return w, opt, closure_for
+
+
 def test_cut_per_step_changes_nothing_when_every_step_searches_and_cuts_harder_when_amortized():
-    """A least-squares problem whose curvature grows 100-fold at step 120: the amortized search finds the
-    carried step size too large there. Counted per step, that cut lowers the step size further."""
+    """On :func:`_curvature_change` the amortized search cuts at step 120; counted per step, that cut
+    lowers the step size further."""
 
     def run(**kwargs):
-        torch.manual_seed(0)
-        A = torch.randn(64, 8)
-        batches = [torch.randint(0, 64, (16,)) for _ in range(200)]
-        torch.manual_seed(1)
-        w = torch.nn.Parameter(torch.randn(8))
-        opt = alsals.ALSALS([w], initial_step_size=1.0, **kwargs)
+        w, opt, closure_for = _curvature_change(**kwargs)
         sizes = []
         for t in range(200):
-            scale = 10.0 if t >= 120 else 1.0
-            opt.step(lambda: ((scale * A[batches[t]] @ w - 1.0) ** 2).mean())
+            opt.step(closure_for(t))
             sizes.append(opt.step_size)
         return w.detach().clone(), opt, sizes
 
@@ -781,35 +793,23 @@ def test_a_state_saved_without_last_search_step_resumes_as_if_it_had_it():
     the rules that count steps since the last search (``cut_per``, ``smoothing_per``) do not see a gap
     of the whole run: the resumed run's whole search state is the uninterrupted run's."""
 
-    def make():
-        torch.manual_seed(0)
-        A = torch.randn(64, 8)
-        batches = [torch.randint(0, 64, (16,)) for _ in range(200)]
-        torch.manual_seed(1)
-        w = torch.nn.Parameter(torch.randn(8))
-        return A, batches, w, alsals.ALSALS([w], initial_step_size=1.0, cut_per="step", smoothing_per="step")
-
-    def closure_for(A, batches, w, t):
-        scale = 10.0 if t >= 120 else 1.0
-        return lambda: ((scale * A[batches[t]] @ w - 1.0) ** 2).mean()
-
-    A, batches, w, opt = make()
+    w, opt, closure_for = _curvature_change(cut_per="step", smoothing_per="step")
     for t in range(100):
-        opt.step(closure_for(A, batches, w, t))
+        opt.step(closure_for(t))
     assert opt.search_state["steps_until_search"] > 0  # saved in the middle of an amortized stretch
     saved, saved_w = copy.deepcopy(opt.state_dict()), w.detach().clone()
     for t in range(100, 200):
-        opt.step(closure_for(A, batches, w, t))
+        opt.step(closure_for(t))
     old = copy.deepcopy(saved)
     for group in old["param_groups"]:
         del group["search"]["last_search_step"]
-    A2, batches2, w2, opt2 = make()
+    w2, opt2, closure_for2 = _curvature_change(cut_per="step", smoothing_per="step")
     with torch.no_grad():
         w2.copy_(saved_w)
     opt2.load_state_dict(old)
     assert opt2.search_state["last_search_step"] == saved["param_groups"][0]["search"]["last_search_step"]
     for t in range(100, 200):
-        opt2.step(closure_for(A2, batches2, w2, t))
+        opt2.step(closure_for2(t))
     assert torch.equal(w2.detach(), w.detach()) and opt2.step_size == opt.step_size > 1e-6
     assert opt2.search_state == opt.search_state
 

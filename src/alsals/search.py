@@ -125,10 +125,10 @@ class SearchConfig:
             the amortized search, which grows ``L`` times per sample and cuts once, settles where about
             ``L·p*`` of the sampled batches reject (about 20% at a fixed ``L = 20``; less under the
             doubling rule, which resets the interval after a cut), a larger step size nearer the edge
-            of stability. Counting
-            the sampled cut once for each of the ``L`` steps it stands for makes the expected change of
-            ``ln η`` per step that of a search at every step (an unbiased estimate of it from one
-            batch in ``L``), at the amortized cost; without amortization the two are the same.
+            of stability. Counting the sampled cut once for each of the ``L`` steps it stands for
+            makes the expected change of ``ln η`` per step that of a search at every step (an unbiased
+            estimate of it from one batch in ``L``), at the amortized cost; without amortization the
+            two are the same.
     """
 
     c: float = 0.5
@@ -652,7 +652,8 @@ class SearchState:
         is reconstructed from the interval in progress (the last search was
         ``search_interval − 1 − steps_until_search`` steps before the last step; later by the number of
         steps skipped since, which did not count down the interval), so that the rules that count
-        steps since the last search (``smoothing_per``, ``cut_per``) resume as if it had been saved. Unknown keys are ignored."""
+        steps since the last search (``smoothing_per``, ``cut_per``) resume as if it had been saved.
+        Unknown keys are ignored."""
         if not saved:
             return cls.initial(config)
         values: Dict[str, Any] = {}
@@ -780,13 +781,19 @@ def next_recovery_level(state: SearchState, result: SearchResult, config: Search
     return level
 
 
+def steps_since_search(state: SearchState, step: int) -> int:
+    """``L = step − last_search_step``, the steps since the last search (the first search: since the
+    start), at least 1: what ``smoothing_per="step"`` and ``cut_per="step"`` count."""
+    return max(1, step - state.last_search_step)
+
+
 def for_search(config: SearchConfig, state: SearchState, step: int) -> SearchConfig:
     """The search's rules for a search at ``step``: ``config`` itself, or with ``smoothing_per="step"``
     the smoothing ``β_s^L`` for the ``L = step − last_search_step`` steps since the last search (the
     first search: since the start), so that the EMAs' memory is counted in steps."""
     if config.smoothing_per != "step" or config.smoothing == 0.0:
         return config
-    gap = max(1, step - state.last_search_step)
+    gap = steps_since_search(state, step)
     return config if gap == 1 else replace(config, smoothing=config.smoothing ** gap)
 
 
@@ -794,15 +801,15 @@ def carried_after_cut(state: SearchState, plan: Plan, result: SearchResult, conf
     """The step size a search carries forward: ``result.step_size``, or with ``cut_per="step"``, after a
     search that committed a step size below the grown one ``clamp(η·γ)`` (factor ``r``),
     ``clamp(η·γ·r^L)``: the cut counted once for every step it stands for (:class:`SearchConfig`,
-    ``cut_per``). ``L`` is the number of steps since the last search, ``plan.step − last_search_step``,
-    at most the interval that just ended (``search_interval``): after the warm-up, steps skipped for a
-    non-finite loss, which did not grow the step size, are not counted. A search that gave up or failed, or that cut
-    nothing, carries its step size as it is; one that stopped because the loss could no longer
-    resolve a smaller step (``UNRESOLVABLE``) after cuts counts as one that cut."""
+    ``cut_per``). ``L`` is :func:`steps_since_search`, at most the interval that just ended
+    (``search_interval``): after the warm-up, steps skipped for a non-finite loss, which did not grow
+    the step size, are not counted. A search that gave up or failed, or that cut nothing, carries its
+    step size as it is; one that stopped because the loss could no longer resolve a smaller step
+    (``UNRESOLVABLE``) after cuts counts as one that cut."""
     accepted = result.step_size
     if config.cut_per != "step" or result.status in (SearchStatus.GAVE_UP, SearchStatus.FAILED):
         return accepted
-    gap = min(plan.step - state.last_search_step, max(state.search_interval, 1))
+    gap = min(steps_since_search(state, plan.step), max(state.search_interval, 1))
     grown = config.grow(state.step_size)
     if gap <= 1 or not 0.0 < accepted < grown:
         return accepted
