@@ -110,7 +110,7 @@ def fresh_cache(tmp_path, monkeypatch) -> Path:
 
 def test_every_dataset_loads_offline_from_an_empty_cache(cold_loads):
     assert set(cold_loads.loaded) == {"digits", "diabetes", "breast_cancer", "mnist", "mnist1d", "bbc_news",
-                                      "bbc_bytes", "shakespeare"}
+                                      "bbc_bytes", "shakespeare", "friedman1", "shakespeare_genres"}
     assert cold_loads.attempts == []
     cached = sorted(p.name for p in cold_loads.cache.iterdir())
     assert [n.split("-")[0] for n in cached] == ["bbc_news", "mnist", "mnist1d", "shakespeare"]

@@ -16,15 +16,20 @@ import pytest
 import torch
 
 from alsals_bench.api import Task, TaskInstance
+from alsals_bench.probe import PROBE_TASKS
 from alsals_bench.tasks import TASKS, get_task, tasks_of_split
 
 DEV = ["digits_mlp", "mnist_cnn", "mnist1d_cnn", "bbc_transformer", "shakespeare_gpt", "shakespeare_hf_gpt2"]
 TEST = ["mnist_resnet", "mnist_vit", "bbc_gru", "bbc_lstm_lm", "breast_cancer_mlp", "diabetes_mlp"]
 EXPECTED_ORDER = DEV + TEST
+#: candidates for a wider dev split (alsals_bench.probe), not in TASKS
+PROBE = ["friedman_mlp", "mnist1d_gru", "genre_gru"]
+ALL_TASKS = {**TASKS, **PROBE_TASKS}
 METRICS = {"classification": ("accuracy", True), "regression": ("mse", False),
            "language_model": ("nats_per_byte", False)}
 #: a learning rate for the short Adam run of each task (30 steps)
-SHORT_RUN_LR = {"bbc_transformer": 3e-3, "bbc_gru": 1e-2, "bbc_lstm_lm": 3e-3}
+SHORT_RUN_LR = {"bbc_transformer": 3e-3, "bbc_gru": 1e-2, "bbc_lstm_lm": 3e-3, "genre_gru": 1e-2,
+                "mnist1d_gru": 1e-2}
 SHORT_RUN_STEPS = 30
 
 
@@ -95,9 +100,9 @@ def test_unknown_task_lists_the_valid_names():
         assert name in str(caught.value)
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER)
+@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
 def test_task_fields_are_consistent(name):
-    task = TASKS[name]
+    task = ALL_TASKS[name]
     assert (task.metric, task.metric_higher_is_better) == METRICS[task.kind]
     assert task.batch_size > 0 and task.target_loss > 0 and task.description
     assert task.steps_full / 6 <= task.steps_quick <= task.steps_full / 4
@@ -113,9 +118,9 @@ def test_importing_tasks_does_not_import_transformers():
 # Building
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER)
+@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
 def test_same_seed_gives_identical_weights_whatever_the_global_rng(name):
-    task = TASKS[name]
+    task = ALL_TASKS[name]
     torch.manual_seed(123)
     first = task.build(0).model.state_dict()
     torch.manual_seed(456)
@@ -128,9 +133,9 @@ def test_same_seed_gives_identical_weights_whatever_the_global_rng(name):
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER)
+@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
 def test_batch_and_loss(name):
-    task = TASKS[name]
+    task = ALL_TASKS[name]
     instance = task.build(0)
     assert instance.model.training
     indices = _batch_indices(instance, task.batch_size)
@@ -155,9 +160,9 @@ def test_batch_and_loss(name):
 # Evaluation
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER)
+@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
 def test_evaluate_keys_modes_and_determinism(name):
-    task = TASKS[name]
+    task = ALL_TASKS[name]
     instance = task.build(0)
     model = instance.model
     last = list(model.modules())[-1]
@@ -193,9 +198,9 @@ def test_language_models_have_comparable_initial_nats_per_byte():
 # Training
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER)
+@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
 def test_short_adam_run_lowers_the_training_loss(name):
-    task = TASKS[name]
+    task = ALL_TASKS[name]
     instance = task.build(0)
     probe = _batch_indices(instance, 256, seed=1)
     before = _probe_loss(instance, probe)
@@ -230,3 +235,38 @@ def test_the_lstm_corpus_is_not_a_dev_language_model_corpus():
     bbc, plays = data.load_bbc_bytes(), data.load_shakespeare()
     assert bytes(bbc.train[:2000]) not in bytes(plays.train)
     assert len(bbc.test) > 100_000 and len(bbc.val) > 100_000
+
+
+# ------------------------------------------------------------------------------------------------
+# The probe tasks (candidates for a wider dev split)
+
+
+def test_probe_tasks_are_their_own_split_and_run_only_when_named():
+    from alsals_bench.runner import resolve_tasks
+
+    assert list(PROBE_TASKS) == PROBE
+    assert all(task.split == "probe" for task in PROBE_TASKS.values())
+    assert not set(PROBE) & set(TASKS)  # no dev/test table or summary sees them
+    assert resolve_tasks(["probe"]) == PROBE
+    assert not set(PROBE) & set(resolve_tasks(None))
+    assert resolve_tasks(["genre_gru", "dev"])[0] == "genre_gru"
+
+
+def test_probe_data_splits_are_disjoint_and_fixed():
+    from alsals_bench import data
+
+    friedman = data.load_friedman1()
+    assert [len(friedman.split(s)[1]) for s in ("train", "val", "test")] == [800, 200, 200]
+    rows = {tuple(row) for s in ("train", "val", "test") for row in friedman.split(s)[0].tolist()}
+    assert len(rows) == 1_200
+    assert friedman.y_train.dtype.name == "float32" and friedman.class_names == ()
+    assert (data.load_friedman1().x_val == friedman.x_val).all()
+
+    genres = data.load_shakespeare_genres()
+    assert genres.class_names == ("comedies", "histories", "problems", "roman", "romances", "tragedies")
+    assert (len(genres.x_val), len(genres.x_test)) == (222, 222)
+    assert len(set(genres.x_train) | set(genres.x_val) | set(genres.x_test)) == (
+        len(genres.x_train) + len(genres.x_val) + len(genres.x_test))
+    assert all(len(window.split()) == data.GENRE_WINDOW_WORDS for window in genres.x_val)
+    assert set(genres.y_train.tolist()) == set(range(6))  # every genre is trained on
+

