@@ -24,9 +24,7 @@ Nothing is chosen on these tasks yet and no report includes them: they are not i
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -35,15 +33,13 @@ from .api import Task, TaskInstance
 from .models import GRUClassifier, tabular_mlp
 from .tasks import (
     BBC_VOCAB_SIZE,
-    SPLITS,
     _build_model,
     _ClassificationData,
     _mnist1d_data,
     _notes,
     _RegressionData,
-    _standardised,
-    build_vocabulary,
-    encode_texts,
+    standardised_regression_data,
+    word_classification_data,
 )
 
 __all__ = ["PROBE_TASKS", "SequenceGRU", "build_friedman_mlp", "build_genre_gru", "build_mnist1d_gru"]
@@ -52,15 +48,7 @@ __all__ = ["PROBE_TASKS", "SequenceGRU", "build_friedman_mlp", "build_genre_gru"
 @functools.lru_cache(maxsize=1)
 def _friedman_data() -> _RegressionData:
     """Friedman #1: features and target standardised with the training split's statistics."""
-    splits = data.load_friedman1()
-    x = _standardised(splits)
-    mean, std = float(splits.y_train.mean()), float(splits.y_train.std())
-
-    def target(split: str) -> torch.Tensor:
-        return torch.from_numpy(((splits.split(split)[1] - mean) / std).astype(np.float32))
-
-    evaluation = {split: (torch.from_numpy(x[split]), target(split)) for split in SPLITS}
-    return _RegressionData(torch.from_numpy(x["train"]), target("train"), evaluation)
+    return standardised_regression_data(data.load_friedman1())
 
 
 def build_friedman_mlp(seed: int) -> TaskInstance:
@@ -90,19 +78,7 @@ def build_mnist1d_gru(seed: int) -> TaskInstance:
 @functools.lru_cache(maxsize=1)
 def _genre_data() -> _ClassificationData:
     """Shakespeare genre windows encoded with a word vocabulary of the training split (as BBC's)."""
-    splits = data.load_shakespeare_genres()
-    vocabulary = build_vocabulary(splits.x_train)
-
-    def encode(texts: Sequence[str]) -> torch.Tensor:
-        return encode_texts(texts, vocabulary, data.GENRE_WINDOW_WORDS)
-
-    evaluation = {
-        split: (encode(splits.split(split)[0]), torch.from_numpy(np.array(splits.split(split)[1])))
-        for split in SPLITS
-    }
-    return _ClassificationData(
-        encode(splits.x_train), torch.from_numpy(np.array(splits.y_train)), evaluation
-    )
+    return word_classification_data(data.load_shakespeare_genres(), data.GENRE_WINDOW_WORDS)
 
 
 def build_genre_gru(seed: int) -> TaskInstance:

@@ -346,6 +346,26 @@ def encode_texts(
     return ids
 
 
+
+def word_classification_data(
+    splits: data.LabelledSplits, length: int, offset: int = 0
+) -> _ClassificationData:
+    """Labelled texts as word ids: a vocabulary of the training split (:func:`build_vocabulary`),
+    each text encoded from word ``offset`` on, ``length`` words (:func:`encode_texts`)."""
+    vocabulary = build_vocabulary(splits.x_train)
+
+    def encode(texts: Sequence[str]) -> torch.Tensor:
+        return encode_texts(texts, vocabulary, length, offset=offset)
+
+    evaluation = {
+        split: (encode(splits.split(split)[0]), torch.from_numpy(np.array(splits.split(split)[1])))
+        for split in SPLITS
+    }
+    return _ClassificationData(
+        encode(splits.x_train), torch.from_numpy(np.array(splits.y_train)), evaluation
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def _bbc_data() -> _ClassificationData:
     """BBC News encoded with a word vocabulary of its training split.
@@ -354,15 +374,7 @@ def _bbc_data() -> _ClassificationData:
     words cover the headline and the lead paragraph, where 64 bytes would hold only the
     headline; a longer byte sequence would cost more than this CPU budget allows.
     """
-    splits = data.load_bbc_news()
-    vocabulary = build_vocabulary(splits.x_train)
-    x_train = encode_texts(splits.x_train, vocabulary, BBC_SEQ_LEN)
-    evaluation = {
-        split: (encode_texts(splits.split(split)[0], vocabulary, BBC_SEQ_LEN),
-                torch.from_numpy(np.array(splits.split(split)[1])))
-        for split in SPLITS
-    }
-    return _ClassificationData(x_train, torch.from_numpy(np.array(splits.y_train)), evaluation)
+    return word_classification_data(data.load_bbc_news(), BBC_SEQ_LEN)
 
 
 def build_bbc_transformer(seed: int) -> TaskInstance:
@@ -516,19 +528,7 @@ BBC_GRU_OFFSET, BBC_GRU_LEN = 64, 96
 def _bbc_gru_data() -> _ClassificationData:
     """BBC News, words 65..160 of each article (past the first 64 words the dev transformer reads),
     with the dev task's training vocabulary rule (4,096 ids, built on the training split)."""
-    splits = data.load_bbc_news()
-    vocabulary = build_vocabulary(splits.x_train)
-
-    def encode(texts: Sequence[str]) -> torch.Tensor:
-        return encode_texts(texts, vocabulary, BBC_GRU_LEN, offset=BBC_GRU_OFFSET)
-
-    evaluation = {
-        split: (encode(splits.split(split)[0]), torch.from_numpy(np.array(splits.split(split)[1])))
-        for split in SPLITS
-    }
-    return _ClassificationData(
-        encode(splits.x_train), torch.from_numpy(np.array(splits.y_train)), evaluation
-    )
+    return word_classification_data(data.load_bbc_news(), BBC_GRU_LEN, offset=BBC_GRU_OFFSET)
 
 
 def build_bbc_gru(seed: int) -> TaskInstance:
@@ -611,10 +611,8 @@ def _regression_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor])
     return F.mse_loss(model(x).squeeze(-1), y)
 
 
-@functools.lru_cache(maxsize=1)
-def _diabetes_data() -> _RegressionData:
-    """Diabetes: features and target standardised with the training split's statistics."""
-    splits = data.load_diabetes()
+def standardised_regression_data(splits: data.LabelledSplits) -> _RegressionData:
+    """A regression with features and target standardised with the training split's statistics."""
     x = _standardised(splits)
     mean, std = float(splits.y_train.mean()), float(splits.y_train.std())
 
@@ -623,6 +621,12 @@ def _diabetes_data() -> _RegressionData:
 
     evaluation = {split: (torch.from_numpy(x[split]), target(split)) for split in SPLITS}
     return _RegressionData(torch.from_numpy(x["train"]), target("train"), evaluation)
+
+
+@functools.lru_cache(maxsize=1)
+def _diabetes_data() -> _RegressionData:
+    """Diabetes: features and target standardised with the training split's statistics."""
+    return standardised_regression_data(data.load_diabetes())
 
 
 def build_diabetes_mlp(seed: int) -> TaskInstance:
