@@ -16,15 +16,14 @@ import pytest
 import torch
 
 from alsals_bench.api import Task, TaskInstance
-from alsals_bench.probe import PROBE_TASKS
 from alsals_bench.tasks import TASKS, get_task, tasks_of_split
 
-DEV = ["digits_mlp", "mnist_cnn", "mnist1d_cnn", "bbc_transformer", "shakespeare_gpt", "shakespeare_hf_gpt2"]
+FIRST_DEV = ["digits_mlp", "mnist_cnn", "mnist1d_cnn", "bbc_transformer", "shakespeare_gpt", "shakespeare_hf_gpt2"]
+#: the dev tasks added in the sixth round (first run apart, as the "probe" split)
+WIDER_DEV = ["friedman_mlp", "mnist1d_gru", "genre_gru"]
+DEV = FIRST_DEV + WIDER_DEV
 TEST = ["mnist_resnet", "mnist_vit", "bbc_gru", "bbc_lstm_lm", "breast_cancer_mlp", "diabetes_mlp"]
 EXPECTED_ORDER = DEV + TEST
-#: candidates for a wider dev split (alsals_bench.probe), not in TASKS
-PROBE = ["friedman_mlp", "mnist1d_gru", "genre_gru"]
-ALL_TASKS = {**TASKS, **PROBE_TASKS}
 METRICS = {"classification": ("accuracy", True), "regression": ("mse", False),
            "language_model": ("nats_per_byte", False)}
 #: a learning rate for the short Adam run of each task (30 steps)
@@ -72,11 +71,13 @@ def test_registry_order_and_lookup():
         assert get_task(name) is task
 
 
-def test_the_six_first_tasks_are_the_dev_split_and_the_new_ones_the_test_split():
+def test_the_first_tasks_and_the_sixth_rounds_are_the_dev_split_and_the_new_ones_the_test_split():
     assert tasks_of_split("dev") == DEV
     assert tasks_of_split("test") == TEST
-    # the test split covers the four families
+    # the test split covers the four families, and since the sixth round the dev split covers the
+    # tabular family and a recurrent net too
     assert {TASKS[n].family for n in TEST} == {"image", "tabular", "text", "language_model"}
+    assert {TASKS[n].family for n in DEV} == {"image", "tabular", "text", "language_model"}
 
 
 def test_the_recipe_follows_the_architecture():
@@ -100,9 +101,9 @@ def test_unknown_task_lists_the_valid_names():
         assert name in str(caught.value)
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
+@pytest.mark.parametrize("name", EXPECTED_ORDER)
 def test_task_fields_are_consistent(name):
-    task = ALL_TASKS[name]
+    task = TASKS[name]
     assert (task.metric, task.metric_higher_is_better) == METRICS[task.kind]
     assert task.batch_size > 0 and task.target_loss > 0 and task.description
     assert task.steps_full / 6 <= task.steps_quick <= task.steps_full / 4
@@ -118,9 +119,9 @@ def test_importing_tasks_does_not_import_transformers():
 # Building
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
+@pytest.mark.parametrize("name", EXPECTED_ORDER)
 def test_same_seed_gives_identical_weights_whatever_the_global_rng(name):
-    task = ALL_TASKS[name]
+    task = TASKS[name]
     torch.manual_seed(123)
     first = task.build(0).model.state_dict()
     torch.manual_seed(456)
@@ -133,9 +134,9 @@ def test_same_seed_gives_identical_weights_whatever_the_global_rng(name):
     assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
+@pytest.mark.parametrize("name", EXPECTED_ORDER)
 def test_batch_and_loss(name):
-    task = ALL_TASKS[name]
+    task = TASKS[name]
     instance = task.build(0)
     assert instance.model.training
     indices = _batch_indices(instance, task.batch_size)
@@ -160,9 +161,9 @@ def test_batch_and_loss(name):
 # Evaluation
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
+@pytest.mark.parametrize("name", EXPECTED_ORDER)
 def test_evaluate_keys_modes_and_determinism(name):
-    task = ALL_TASKS[name]
+    task = TASKS[name]
     instance = task.build(0)
     model = instance.model
     last = list(model.modules())[-1]
@@ -198,9 +199,9 @@ def test_language_models_have_comparable_initial_nats_per_byte():
 # Training
 
 
-@pytest.mark.parametrize("name", EXPECTED_ORDER + PROBE)
+@pytest.mark.parametrize("name", EXPECTED_ORDER)
 def test_short_adam_run_lowers_the_training_loss(name):
-    task = ALL_TASKS[name]
+    task = TASKS[name]
     instance = task.build(0)
     probe = _batch_indices(instance, 256, seed=1)
     before = _probe_loss(instance, probe)
@@ -238,21 +239,20 @@ def test_the_lstm_corpus_is_not_a_dev_language_model_corpus():
 
 
 # ------------------------------------------------------------------------------------------------
-# The probe tasks (candidates for a wider dev split)
+# The sixth round's dev tasks (first run apart as the "probe" split)
 
 
-def test_probe_tasks_are_their_own_split_and_run_only_when_named():
+def test_the_wider_dev_tasks_run_with_the_dev_split_and_the_probe_split_is_gone():
     from alsals_bench.runner import resolve_tasks
 
-    assert list(PROBE_TASKS) == PROBE
-    assert all(task.split == "probe" for task in PROBE_TASKS.values())
-    assert not set(PROBE) & set(TASKS)  # no dev/test table or summary sees them
-    assert resolve_tasks(["probe"]) == PROBE
-    assert not set(PROBE) & set(resolve_tasks(None))
-    assert resolve_tasks(["genre_gru", "dev"])[0] == "genre_gru"
+    assert all(TASKS[n].split == "dev" for n in WIDER_DEV)
+    assert resolve_tasks(["dev"]) == DEV
+    assert set(WIDER_DEV) <= set(resolve_tasks(None))
+    with pytest.raises(KeyError, match="or a split: dev, test, scale"):
+        resolve_tasks(["probe"])
 
 
-def test_probe_data_splits_are_disjoint_and_fixed():
+def test_wider_dev_data_splits_are_disjoint_and_fixed():
     from alsals_bench import data
 
     friedman = data.load_friedman1()

@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 #: "dev" and "test" make the benchmark; "scale" holds the scale suite's tasks (one model at growing
-#: size), and "probe" candidates for a wider dev split (``alsals_bench.probe``); no dev/test split,
-#: summary or suite without a task list includes either
-SPLITS = ("dev", "test", "scale", "probe")
+#: size), which no dev/test split, summary or suite without a task list includes
+SPLITS = ("dev", "test", "scale")
 FAMILIES = ("image", "tabular", "text", "language_model")
 KINDS = ("classification", "regression", "language_model")
 

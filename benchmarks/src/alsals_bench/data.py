@@ -621,7 +621,7 @@ def load_shakespeare() -> ByteSplits:
 
 
 # ----------------------------------------------------------------------------------------------
-# Probe data (alsals_bench.probe): a generated regression and Shakespeare genre windows
+# Data of the dev tasks added in the sixth round: a generated regression and Shakespeare genre windows
 
 FRIEDMAN_N, FRIEDMAN_N_VAL, FRIEDMAN_N_TEST = 1_200, 200, 200
 GENRE_WINDOW_WORDS, GENRE_WINDOW_STRIDE, GENRE_N_VAL, GENRE_N_TEST = 96, 480, 222, 222

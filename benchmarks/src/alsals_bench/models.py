@@ -250,6 +250,20 @@ class GRUClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
+class SequenceGRU(nn.Module):
+    """A GRU over a sequence of scalars ``(batch, length)``, mean-pooled, and a linear head."""
+
+    def __init__(self, n_classes: int = 10, hidden: int = 64) -> None:
+        super().__init__()
+        self.gru = nn.GRU(1, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits for signals ``x`` of shape ``(batch, length)``."""
+        outputs, _ = self.gru(x.unsqueeze(-1))
+        return self.head(outputs.mean(dim=1))
+
+
 class ByteLSTM(nn.Module):
     """A byte-level LSTM language model: embedding, ``n_layers`` LSTM layers, dropout, linear head.
 

@@ -89,11 +89,9 @@ def _registry_tasks() -> dict[str, Task]:
             raise
         return {}
     out = dict(getattr(task_module, "TASKS", {}))
-    from .probe import PROBE_TASKS
     from .scale import SCALE_TASKS
 
     out.update(SCALE_TASKS)
-    out.update(PROBE_TASKS)
     return out
 
 
@@ -118,8 +116,8 @@ def get_task(task: str | Task) -> Task:
 
 def resolve_tasks(names: Iterable[str] | None) -> list[str]:
     """Check task names; ``None`` means every dev and test task of ``alsals_bench.tasks.TASKS`` (the
-    scale suite's and the probe tasks, and tasks registered with :func:`register_task`, run only when
-    named). The names ``dev``, ``test``, ``scale`` and ``probe`` stand for every task of that split."""
+    scale suite's, and tasks registered with :func:`register_task`, run only when named). The names
+    ``dev``, ``test`` and ``scale`` stand for every task of that split."""
     known = available_tasks()
     if names is None:
         return [t for t, task in _registry_tasks().items() if task.split in ("dev", "test")] or list(known)
@@ -128,13 +126,13 @@ def resolve_tasks(names: Iterable[str] | None) -> list[str]:
         n = n.strip()
         if not n:
             continue
-        if n in ("dev", "test", "scale", "probe"):
+        if n in ("dev", "test", "scale"):
             expanded = [t for t, task in _registry_tasks().items() if task.split == n]
         elif n in known:
             expanded = [n]
         else:
             listing = ", ".join(sorted(known)) or "(none: alsals_bench.tasks is missing)"
-            raise KeyError(f"unknown task {n!r}; known tasks: {listing} (or a split: dev, test, scale, probe)")
+            raise KeyError(f"unknown task {n!r}; known tasks: {listing} (or a split: dev, test, scale)")
         out += [t for t in expanded if t not in out]
     return out
 

