@@ -138,7 +138,7 @@ def test_every_real_task_runs_alsals_and_adamw(tmp_path):
     assert cli.main(["run", "--tasks", "dev", "test", "--optimizers", "alsals", "adamw-lr1e-3", "--steps", "2",
                      "--progress", "none", "--no-plots", "--out", str(tmp_path)]) == 0
     _, runs = results.load_results(str(tmp_path))
-    assert len(runs) == 2 * len(tasks) == 24
+    assert len(runs) == 2 * len(tasks) == 30  # nine dev tasks and six test tasks
     for r in runs:
         assert r["status"] == "ok", (r["task"], r["optimizer"], r["error"])
         assert math.isfinite(r["final_train_loss"])
