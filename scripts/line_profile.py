@@ -11,8 +11,8 @@ prediction ``η·D`` (``D = gᵀd``, the slope the search tests against) beside 
 - ``other``: another training batch in train mode (fixed mask);
 - ``train``: 512 training examples in eval mode (the quantity training is meant to lower).
 
-``d`` is formed as the optimizer forms it (Adam's direction with this step's gradient folded into
-the moments, bias-corrected); the weights are restored afterwards and the run goes on unchanged, so
+``d`` is formed by the optimizer's own direction kernel (Adam's direction with this step's gradient
+folded into the moments, bias-corrected); the weights are restored afterwards and the run goes on unchanged, so
 the steps of the printout are those of the real run. Diagnostic only: nothing here is a benchmark
 result. Example (``docs/benchmarks.md``, "Sixth round")::
 
@@ -30,6 +30,7 @@ from alsals_bench.optimizers import decay_groups
 from alsals_bench.runner import BatchSampler, _seed_everything, dropout_seed, get_task, train_subset
 
 import alsals
+from alsals import kernels
 
 #: trial step sizes
 STEP_SIZES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 2e-2, 3e-2, 5e-2, 1e-1)
@@ -51,7 +52,8 @@ def _fixed_mask(model: torch.nn.Module, train: bool) -> Iterator[None]:
 
 
 def adam_direction(opt: alsals.ALSALS, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``d = m̂/(√v̂ + ε)`` with the current gradients folded into copies of the moments."""
+    """``d = m̂/(√v̂ + ε)`` with the current gradients folded into copies of the moments: the library's
+    own direction kernel (:func:`alsals.kernels.direction_reference`), as a search step forms it."""
     directions = []
     for group in opt.param_groups:
         beta1, beta2 = group["betas"]
@@ -59,10 +61,11 @@ def adam_direction(opt: alsals.ALSALS, params: Sequence[torch.Tensor]) -> list[t
             if p.grad is None:
                 continue
             state = opt.state[p]
-            step = int(state.get("step", 0)) + 1
-            m = state.get("exp_avg", torch.zeros_like(p)) * beta1 + (1 - beta1) * p.grad
-            v = state.get("exp_avg_sq", torch.zeros_like(p)) * beta2 + (1 - beta2) * p.grad ** 2
-            directions.append((m / (1 - beta1 ** step)) / ((v / (1 - beta2 ** step)).sqrt() + group["eps"]))
+            directions.append(kernels.direction_reference(
+                p.grad, state.get("exp_avg", torch.zeros_like(p)), state.get("exp_avg_sq", torch.zeros_like(p)),
+                kind=opt.config.direction, beta1=beta1, beta2=beta2, eps=group["eps"],
+                step=int(state.get("step", 0)) + 1,
+            ))
     if len(directions) != len(params):
         raise RuntimeError("every trained parameter needs a gradient for the profile")
     return directions
