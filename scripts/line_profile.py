@@ -17,6 +17,7 @@ the steps of the printout are those of the real run. Diagnostic only: nothing he
 result. Example (``docs/benchmarks.md``, "Sixth round")::
 
     python scripts/line_profile.py genre_gru --seed 0 --steps 100 111 200
+    python scripts/line_profile.py genre_gru --seed 0 --steps 200 --only head   # one layer's part of d
 """
 
 from __future__ import annotations
@@ -72,8 +73,11 @@ def adam_direction(opt: alsals.ALSALS, params: Sequence[torch.Tensor]) -> list[t
 
 
 def profile(task_name: str, seed: int, steps: Sequence[int], step_sizes: Sequence[float] = STEP_SIZES,
-            total_steps: int | None = None) -> list[dict]:
-    """The rows of the profile (one per chosen step and trial step size); also printed."""
+            total_steps: int | None = None, only: str | None = None) -> list[dict]:
+    """The rows of the profile (one per chosen step and trial step size); also printed.
+
+    ``only``: move only the parameters whose qualified name starts with it (e.g. ``"head"``); the
+    others keep their weights (their part of ``d`` is zero, and so is their part of ``D``)."""
     task = get_task(task_name)
     torch.set_num_threads(1)
     _seed_everything(seed)
@@ -94,12 +98,12 @@ def profile(task_name: str, seed: int, steps: Sequence[int], step_sizes: Sequenc
     for step in range(1, n_steps + 1):
         current["batch"] = inst.batch(sampler.next())
         if step in steps:
-            rows += _profile_step(inst, model, opt, params, current["batch"], seed, step, step_sizes)
+            rows += _profile_step(inst, model, opt, params, current["batch"], seed, step, step_sizes, only)
         opt.step(closure)
     return rows
 
 
-def _profile_step(inst, model, opt, params, batch, seed: int, step: int, step_sizes) -> list[dict]:
+def _profile_step(inst, model, opt, params, batch, seed: int, step: int, step_sizes, only) -> list[dict]:
     other = inst.batch(BatchSampler(inst.n_train, len(batch[0]), seed + 1000 + step).next())
     train_batch = inst.batch(train_subset(inst.n_train, 512, seed))
     views = {"batch": (batch, True), "batch_eval": (batch, False), "other": (other, True),
@@ -109,6 +113,11 @@ def _profile_step(inst, model, opt, params, batch, seed: int, step: int, step_si
         inst.loss(model, batch).backward()
     start = [p.detach().clone() for p in params]
     d = adam_direction(opt, params)
+    if only is not None:
+        names = {id(p): name for name, p in model.named_parameters()}
+        if not any(names[id(p)].startswith(only) for p in params):
+            raise ValueError(f"no trained parameter's name starts with {only!r}")
+        d = [di if names[id(p)].startswith(only) else torch.zeros_like(di) for p, di in zip(params, d)]
     slope = float(sum((p.grad.double() * di.double()).sum() for p, di in zip(params, d)))
 
     def losses_at(step_size: float) -> dict:
@@ -144,8 +153,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, nargs="+", required=True, help="steps to profile (1-based)")
     parser.add_argument("--total-steps", type=int, help="the run's length (default: the task's full length)")
+    parser.add_argument("--only", metavar="PREFIX", help="move only the parameters whose name starts with PREFIX")
     args = parser.parse_args(argv)
-    profile(args.task, args.seed, args.steps, total_steps=args.total_steps)
+    profile(args.task, args.seed, args.steps, total_steps=args.total_steps, only=args.only)
 
 
 if __name__ == "__main__":

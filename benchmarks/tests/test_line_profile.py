@@ -54,3 +54,15 @@ def test_profiling_does_not_change_the_run(line_profile, monkeypatch):
 
     finals = [capture([]), capture([2, 4])]
     assert all(torch.equal(a, b) for a, b in zip(*finals))
+
+
+def test_the_parts_of_the_direction_add_up_to_the_whole(line_profile):
+    """Restricted to complementary groups of parameters, the slopes add up to the full slope."""
+    kw = dict(step_sizes=(1e-3,), total_steps=3)
+    full = line_profile.profile("friedman_mlp", 2, [3], **kw)[0]["slope"]
+    parts = [line_profile.profile("friedman_mlp", 2, [3], only=prefix, **kw)[0]["slope"]
+             for prefix in ("0.", "3.", "6.")]
+    assert sum(parts) == pytest.approx(full, rel=1e-9)
+    assert all(part != 0.0 for part in parts)
+    with pytest.raises(ValueError, match="no trained parameter"):
+        line_profile.profile("friedman_mlp", 2, [3], only="nothing", **kw)
