@@ -1,0 +1,128 @@
+"""A prototype of per-layer step sizes for ALSALS, built outside the library to measure the idea.
+
+Motivation (docs/benchmarks.md, "Sixth round"): on ``genre_gru`` the part of Adam's direction in the
+linear head behaves as the linear model says up to step sizes 85 times the carried one, while the
+parts in the word embedding and the GRU saturate; one step size for the whole model is held at the
+boundary of the saturating layers. The authors' layer-wise line search (Kenneweg et al., arXiv
+2403.18506) gives each part of the network its own step size.
+
+:class:`LayerwiseALSALS` splits the parameters by the top-level module that holds them (the first
+component of their qualified name: ``tokens``, ``gru``, ``head``; ``0``, ``3``, ``6`` in a
+``Sequential``) and runs one :class:`alsals.ALSALS` per part, each with the same settings. A step:
+
+1. remember ``w0``, the torch RNG state and the model's buffers;
+2. for each part ``k``: put the RNG state and the buffers back, let part ``k``'s optimizer take its
+   step (its gradient at ``w0`` on the step's batch with the step's dropout masks, its own smoothed
+   Armijo search along its own part of the direction, only its parameters moving), remember where
+   they went, and put them back to ``w0``;
+3. move every part to where its own step went (Jacobi: no part's search sees another's step) and
+   keep the buffers of the first part's step (one training-mode forward's statistics, as a single
+   optimizer would leave them).
+
+This is what a library implementation with one backward pass and per-part trial forwards would do;
+this prototype pays for ``K`` forward and backward passes per step instead (the harness counts them),
+so its cost is not the idea's. Everything per part (step size, anneal, average of the iterates,
+counters) is that part's own ALSALS's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def parts_of(model: nn.Module, groups: Sequence[dict]) -> dict[str, list[dict]]:
+    """The parameter groups ``groups`` split by top-level module: part name -> its groups (each
+    group's settings kept, empty groups dropped), in the order the parts first appear."""
+    part_of = {id(p): name.split(".")[0] for name, p in model.named_parameters()}
+    parts: dict[str, list[dict]] = {}
+    for group in groups:
+        by_part: dict[str, list] = {}
+        for p in group["params"]:
+            by_part.setdefault(part_of[id(p)], []).append(p)
+        for part, params in by_part.items():
+            parts.setdefault(part, []).append({**group, "params": params})
+    return parts
+
+
+class LayerwiseALSALS:
+    """One :class:`alsals.ALSALS` per top-level module of ``model``, stepping together (module docstring)."""
+
+    def __init__(self, model: nn.Module, groups: Sequence[dict], **kwargs: Any) -> None:
+        import alsals
+
+        self.model = model
+        self.parts = {name: alsals.ALSALS(part_groups, **kwargs)
+                      for name, part_groups in parts_of(model, groups).items()}
+        if not self.parts:
+            raise ValueError("the model has no parameters to optimize")
+        self.config = next(iter(self.parts.values())).config
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.parts.values() for g in opt.param_groups]
+
+    @property
+    def step_size(self) -> float:
+        """The geometric mean of the parts' step sizes (what the harness records per step)."""
+        sizes = [opt.step_size for opt in self.parts.values()]
+        return math.exp(sum(math.log(s) for s in sizes) / len(sizes)) if all(s > 0 for s in sizes) else math.nan
+
+    @property
+    def step_sizes(self) -> dict[str, float]:
+        return {name: opt.step_size for name, opt in self.parts.items()}
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Every counter summed over the parts."""
+        total: dict[str, int] = {}
+        for opt in self.parts.values():
+            for key, value in opt.counters.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def eval(self) -> None:
+        for opt in self.parts.values():
+            opt.eval()
+
+    def train(self) -> None:
+        for opt in self.parts.values():
+            opt.train()
+
+    def _params(self, name: str) -> list[torch.Tensor]:
+        return [p for g in self.parts[name].param_groups for p in g["params"]]
+
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
+        rng = torch.get_rng_state()
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        starts = {name: [p.detach().clone() for p in self._params(name)] for name in self.parts}
+        ends: dict[str, list[torch.Tensor]] = {}
+        first_loss = None
+        kept_buffers = None
+        for name, opt in self.parts.items():
+            torch.set_rng_state(rng)
+            with torch.no_grad():
+                for b, saved in zip(self.model.buffers(), buffers):
+                    b.copy_(saved)
+            self.model.zero_grad(set_to_none=True)
+            loss = opt.step(closure)
+            if first_loss is None:
+                first_loss = loss
+                kept_buffers = [b.detach().clone() for b in self.model.buffers()]
+            with torch.no_grad():
+                ends[name] = [p.detach().clone() for p in self._params(name)]
+                for p, w in zip(self._params(name), starts[name]):
+                    p.copy_(w)
+        with torch.no_grad():
+            for name in self.parts:
+                for p, w in zip(self._params(name), ends[name]):
+                    p.copy_(w)
+            for b, saved in zip(self.model.buffers(), kept_buffers or []):
+                b.copy_(saved)
+        self.model.zero_grad(set_to_none=True)
+        assert first_loss is not None
+        return first_loss
