@@ -1,0 +1,92 @@
+"""alsals_bench.layerwise: the per-layer step-size prototype steps each part as a lone ALSALS would from
+the same point (Jacobi), keeps one forward's BatchNorm statistics, and forwards eval/train."""
+
+from __future__ import annotations
+
+import alsals
+import pytest
+import torch
+from torch import nn
+
+from alsals_bench.layerwise import LayerwiseALSALS, parts_of
+
+X = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))
+Y = torch.randn(32, 1, generator=torch.Generator().manual_seed(1))
+
+
+def _model(batchnorm: bool = False) -> nn.Sequential:
+    torch.manual_seed(3)
+    norm = [nn.BatchNorm1d(8)] if batchnorm else []
+    layers = [nn.Linear(6, 8), *norm, nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 1)]
+    return nn.Sequential(*layers)
+
+
+def _closure(model):
+    return lambda: nn.functional.mse_loss(model(X), Y)
+
+
+def test_parts_are_the_top_level_modules_and_keep_their_group_settings():
+    model = _model()
+    groups = [{"params": [model[0].weight, model[3].weight], "weight_decay": 0.1},
+              {"params": [model[0].bias, model[3].bias], "weight_decay": 0.0}]
+    parts = parts_of(model, groups)
+    assert list(parts) == ["0", "3"]
+    assert [[g["weight_decay"] for g in part] for part in parts.values()] == [[0.1, 0.0], [0.1, 0.0]]
+    assert parts["3"][0]["params"][0] is model[3].weight
+
+
+def test_one_step_moves_each_part_as_a_lone_alsals_over_it_would():
+    """Step 1 from the same weights and RNG state: each part ends where an ALSALS over that part
+    alone (the other part untouched) puts it, so no part's search sees another part's step."""
+    model = _model()
+    torch.manual_seed(7)
+    layerwise = LayerwiseALSALS(model, [{"params": list(model.parameters())}], total_steps=10)
+    layerwise.step(_closure(model))
+    for index in (0, 3):
+        alone = _model()
+        torch.manual_seed(7)
+        alsals.ALSALS(alone[index].parameters(), total_steps=10).step(_closure(alone))
+        for moved, expected in zip(model[index].parameters(), alone[index].parameters()):
+            assert torch.equal(moved, expected)
+        assert not torch.equal(model[index].weight, _model()[index].weight)  # it did move
+
+
+def test_a_model_with_one_part_steps_as_plain_alsals():
+    model, plain = nn.Sequential(nn.Linear(6, 1)), nn.Sequential(nn.Linear(6, 1))
+    plain.load_state_dict(model.state_dict())
+    layerwise = LayerwiseALSALS(model, [{"params": list(model.parameters())}])
+    reference = alsals.ALSALS(plain.parameters())
+    for _ in range(15):
+        layerwise.step(_closure(model))
+        reference.step(_closure(plain))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))
+    assert layerwise.counters == reference.counters
+    assert layerwise.step_size == pytest.approx(reference.step_size)
+
+
+def test_batchnorm_statistics_are_those_of_one_forward_and_counters_add_up():
+    model, plain = _model(batchnorm=True), _model(batchnorm=True)
+    torch.manual_seed(5)
+    layerwise = LayerwiseALSALS(model, [{"params": list(model.parameters())}], total_steps=10)
+    layerwise.step(_closure(model))
+    torch.manual_seed(5)
+    alsals.ALSALS(plain.parameters(), total_steps=10).step(_closure(plain))
+    assert torch.equal(model[1].running_mean, plain[1].running_mean)
+    assert model[1].num_batches_tracked.item() == 1
+    parts = layerwise.parts.values()
+    assert len(parts) == 3  # Linear, BatchNorm, Linear
+    assert layerwise.counters["forward_evaluations"] == sum(p.counters["forward_evaluations"] for p in parts) >= 6
+
+
+def test_eval_and_train_swap_every_parts_average():
+    model = _model()
+    layerwise = LayerwiseALSALS(model, [{"params": list(model.parameters())}])  # anytime: keeps averages
+    assert layerwise.config.averages
+    for _ in range(5):
+        layerwise.step(_closure(model))
+    trained = [p.detach().clone() for p in model.parameters()]
+    layerwise.eval()
+    averaged = [p.detach().clone() for p in model.parameters()]
+    layerwise.train()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), trained))
+    assert all(not torch.equal(a, b) for a, b in zip(averaged, trained))
