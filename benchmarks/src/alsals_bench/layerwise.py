@@ -19,6 +19,15 @@ component of their qualified name: ``tokens``, ``gru``, ``head``; ``0``, ``3``, 
    keep the buffers of the first part's step (one training-mode forward's statistics, as a single
    optimizer would leave them).
 
+With ``joint=True`` the combined step is then tested as a whole, because steps that are acceptable
+one part at a time can add up to one that is not (the layers of an MLP interact: each layer's step
+changes what the next one's step does). Let ``Δ_k = f(w0) − f(w0 + s_k)`` be the decrease of part
+``k``'s step ``s_k`` alone and ``Δ = f(w0) − f(w0 + x·Σ_k s_k)`` that of the combined step scaled by
+``x``. The combined step is kept when ``Δ ≥ c·x·Σ_k max(Δ_k, 0)`` (with ALSALS's ``c``: the parts
+together must deliver at least that share of what they deliver apart); otherwise ``x`` shrinks by
+ALSALS's backtrack factor (at most 30 times) and every part's carried step size is cut by the final
+``x`` too. Each ``Δ_k`` and each combined trial costs one more forward pass.
+
 This is what a library implementation with one backward pass and per-part trial forwards would do;
 this prototype pays for ``K`` forward and backward passes per step instead (the harness counts them),
 so its cost is not the idea's. Everything per part (step size, anneal, average of the iterates,
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -52,10 +62,14 @@ def parts_of(model: nn.Module, groups: Sequence[dict]) -> dict[str, list[dict]]:
 class LayerwiseALSALS:
     """One :class:`alsals.ALSALS` per top-level module of ``model``, stepping together (module docstring)."""
 
-    def __init__(self, model: nn.Module, groups: Sequence[dict], **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, groups: Sequence[dict], joint: bool = False, **kwargs: Any) -> None:
         import alsals
 
         self.model = model
+        self.joint = joint
+        #: combined steps scaled down, and the combined trials evaluated
+        self.joint_cuts = 0
+        self.joint_trials = 0
         self.parts = {name: alsals.ALSALS(part_groups, **kwargs)
                       for name, part_groups in parts_of(model, groups).items()}
         if not self.parts:
@@ -83,6 +97,9 @@ class LayerwiseALSALS:
         for opt in self.parts.values():
             for key, value in opt.counters.items():
                 total[key] = total.get(key, 0) + value
+        if self.joint:
+            total["joint_cuts"] = self.joint_cuts
+            total["joint_trials"] = self.joint_trials
         return total
 
     def eval(self) -> None:
@@ -95,6 +112,25 @@ class LayerwiseALSALS:
 
     def _params(self, name: str) -> list[torch.Tensor]:
         return [p for g in self.parts[name].param_groups for p in g["params"]]
+
+    def _loss_at(self, closure: Callable[[], torch.Tensor], rng: torch.Tensor, buffers: list) -> float:
+        """The batch loss at the current weights with the step's random draws, the buffers untouched."""
+        torch.set_rng_state(rng)
+        with torch.no_grad():
+            value = float(closure())
+            for b, saved in zip(self.model.buffers(), buffers):
+                b.copy_(saved)
+        return value
+
+    def _set(self, starts: dict, ends: dict, names, scale: float) -> None:
+        """Each part in ``names`` at ``w0 + scale·(end − w0)``; the others at ``w0``."""
+        with torch.no_grad():
+            for name in self.parts:
+                for p, w, e in zip(self._params(name), starts[name], ends[name]):
+                    if name in names:
+                        p.copy_(w + scale * (e - w) if scale != 1.0 else e)
+                    else:
+                        p.copy_(w)
 
     def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         rng = torch.get_rng_state()
@@ -117,12 +153,35 @@ class LayerwiseALSALS:
                 ends[name] = [p.detach().clone() for p in self._params(name)]
                 for p, w in zip(self._params(name), starts[name]):
                     p.copy_(w)
-        with torch.no_grad():
-            for name in self.parts:
-                for p, w in zip(self._params(name), ends[name]):
-                    p.copy_(w)
-            for b, saved in zip(self.model.buffers(), kept_buffers or []):
-                b.copy_(saved)
+        assert first_loss is not None and kept_buffers is not None
         self.model.zero_grad(set_to_none=True)
-        assert first_loss is not None
+        scale = 1.0
+        if self.joint and len(self.parts) > 1 and math.isfinite(float(first_loss)):
+            scale = self._joint_scale(closure, rng, buffers, starts, ends, float(first_loss))
+        self._set(starts, ends, set(self.parts), scale)
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), kept_buffers):
+                b.copy_(saved)
         return first_loss
+
+    def _joint_scale(self, closure, rng, buffers, starts, ends, loss0: float) -> float:
+        """The factor ``x`` of the combined step (module docstring), and the parts' step sizes cut by it."""
+        config = self.config.search
+        apart = 0.0
+        for name in self.parts:
+            self._set(starts, ends, {name}, 1.0)
+            apart += max(loss0 - self._loss_at(closure, rng, buffers), 0.0)
+        scale = 1.0
+        for _ in range(31):
+            self._set(starts, ends, set(self.parts), scale)
+            self.joint_trials += 1
+            together = loss0 - self._loss_at(closure, rng, buffers)
+            if math.isfinite(together) and together >= config.c * scale * apart:
+                break
+            scale *= config.backtrack
+        if scale < 1.0:
+            self.joint_cuts += 1
+            for opt in self.parts.values():
+                state = opt._search_state()
+                opt._publish(replace(state, step_size=max(state.step_size * scale, config.min_step_size)))
+        return scale

@@ -614,25 +614,28 @@ register_alsals_variant("alsals-growth1.01", growth=1.01, knows_total_steps=True
 register_alsals_variant("alsals-finite-difference", slope="finite_difference", knows_total_steps=True)
 
 
-def _layerwise_factory(knows_total_steps: bool):
+def _layerwise_factory(knows_total_steps: bool, joint: bool):
     def factory(model, ctx: RunContext) -> Built:
         from .layerwise import LayerwiseALSALS
 
         args = {"total_steps": ctx.total_steps} if knows_total_steps else {}
         groups = decay_groups(model, ctx.weight_decay)
-        opt = LayerwiseALSALS(model, groups, **args)
+        opt = LayerwiseALSALS(model, groups, joint=joint, **args)
         return Built(opt, None, {"class": "alsals_bench.layerwise.LayerwiseALSALS", "arguments": args,
-                                 "parts": list(opt.parts), "groups": _group_summary(groups)})
+                                 "joint": joint, "parts": list(opt.parts), "groups": _group_summary(groups)})
 
     return factory
 
 
-# Per-layer step sizes (sixth round): a prototype outside the library, K forward+backward per step.
-for _name, _told in (("alsals-layerwise", True), ("alsals-layerwise-anytime", False)):
+# Per-layer step sizes (sixth round): a prototype outside the library, K forward+backward per step;
+# "-joint": the combined step is tested as a whole.
+for _name, _told, _joint in (("alsals-layerwise", True, False), ("alsals-layerwise-anytime", False, False),
+                             ("alsals-layerwise-joint", True, True), ("alsals-layerwise-joint-anytime", False, True)):
     register_optimizer(OptimizerSpec(
-        name=_name, factory=_layerwise_factory(_told), protocol="alsals", family="alsals",
+        name=_name, factory=_layerwise_factory(_told, _joint), protocol="alsals", family="alsals",
         description="ablation: one ALSALS (defaults) per top-level module, each with its own step size "
         "(alsals_bench.layerwise prototype; K forward+backward passes per step)"
+        + ("; the combined step tested as a whole" if _joint else "")
         + (", told the run's length (total_steps=T)" if _told else ", no anneal, evaluated at its average"),
         step_size=_alsals_step, knows_total_steps=_told,
     ))
