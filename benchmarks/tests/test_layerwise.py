@@ -90,3 +90,38 @@ def test_eval_and_train_swap_every_parts_average():
     layerwise.train()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), trained))
     assert all(not torch.equal(a, b) for a, b in zip(averaged, trained))
+
+
+class _Pair(nn.Module):
+    """Two scalar weights in two top-level modules, both starting at 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(1, 1, bias=False)
+        self.b = nn.Linear(1, 1, bias=False)
+        nn.init.zeros_(self.a.weight)
+        nn.init.zeros_(self.b.weight)
+
+
+@pytest.mark.parametrize("interacting", [True, False])
+def test_joint_scales_a_combined_step_that_delivers_less_than_the_parts_apart(interacting):
+    """``f = (a + b − 1)²``: each part alone steps to 0.9/0.999 (its first trial, accepted: a decrease
+    of 0.99 each), together they overshoot to 1.8 (a decrease of 0.36 < c·1.98), so the combined step is scaled by 0.9³ (the first
+    factor at which it delivers c times its share) and the parts' step sizes are cut alike.
+    ``f = (a − 1)² + (b − 1)²`` does not interact: the combined step stands."""
+    pair = _Pair()
+    a, b = pair.a.weight, pair.b.weight
+
+    def closure():
+        if interacting:
+            return ((a + b - 1.0) ** 2).sum()
+        return ((a - 1.0) ** 2 + (b - 1.0) ** 2).sum()
+
+    layerwise = LayerwiseALSALS(pair, [{"params": [a, b]}], joint=True, initial_step_size=0.9)
+    layerwise.step(closure)
+    scale = 0.9 ** 3 if interacting else 1.0
+    first = 0.9 / 0.999  # the first trial: η0·γ
+    assert a.item() == pytest.approx(first * scale) and b.item() == pytest.approx(first * scale)
+    assert layerwise.counters["joint_cuts"] == int(interacting)
+    assert layerwise.counters["joint_trials"] == (4 if interacting else 1)
+    assert all(size == pytest.approx(first * scale) for size in layerwise.step_sizes.values())
