@@ -106,8 +106,9 @@ class _Pair(nn.Module):
 @pytest.mark.parametrize("interacting", [True, False])
 def test_joint_scales_a_combined_step_that_delivers_less_than_the_parts_apart(interacting):
     """``f = (a + b − 1)²``: each part alone steps to 0.9/0.999 (its first trial, accepted: a decrease
-    of 0.99 each), together they overshoot to 1.8 (a decrease of 0.36 < c·1.98), so the combined step is scaled by 0.9³ (the first
-    factor at which it delivers c times its share) and the parts' step sizes are cut alike.
+    of 0.99 each), together they overshoot to 1.8 (a decrease of 0.36 < c·1.98), so the combined
+    step is scaled by 0.9³ (the first factor at which it delivers c times its share) and the parts'
+    step sizes are cut alike.
     ``f = (a − 1)² + (b − 1)²`` does not interact: the combined step stands."""
     pair = _Pair()
     a, b = pair.a.weight, pair.b.weight
