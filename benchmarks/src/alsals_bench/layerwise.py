@@ -25,12 +25,13 @@ changes what the next one's step does). Let ``Δ_k = f(w0) − f(w0 + s_k)`` be 
 ``k``'s step ``s_k`` alone and ``Δ = f(w0) − f(w0 + x·Σ_k s_k)`` that of the combined step scaled by
 ``x``. The combined step is kept when ``Δ ≥ c·x·Σ_k max(Δ_k, 0)`` (with ALSALS's ``c``: the parts
 together must deliver at least that share of what they deliver apart); otherwise ``x`` shrinks by
-ALSALS's backtrack factor (at most 30 times) and every part's carried step size is cut by the final
-``x`` too. Each ``Δ_k`` and each combined trial costs one more forward pass.
+ALSALS's backtrack factor, for at most 31 combined trials (when all fail, ``x = 0.9^31`` is applied
+untested), and every part's carried step size is cut by the final ``x`` too. Each ``Δ_k`` and each
+combined trial costs one more forward pass.
 
-This is what a library implementation with one backward pass and per-part trial forwards would do;
-this prototype pays for ``K`` forward and backward passes per step instead (the harness counts them),
-so its cost is not the idea's. Everything per part (step size, anneal, average of the iterates,
+A library implementation would share one backward pass between the parts; this prototype pays for
+``K`` backward passes per step instead (the harness counts them), so that part of its cost is not the
+idea's. Everything per part (step size, anneal, average of the iterates,
 counters) is that part's own ALSALS's.
 """
 
