@@ -89,6 +89,7 @@ def profile(task_name: str, seed: int, steps: Sequence[int], step_sizes: Sequenc
     opt = alsals.ALSALS(decay_groups(model, task.weight_decay), total_steps=n_steps)
     params = [p for group in opt.param_groups for p in group["params"]]
     _seed_everything(dropout_seed(seed))
+    train_batch = inst.batch(train_subset(inst.n_train, 512, seed))  # the same examples at every step
     rows: list[dict] = []
     current: dict = {}
 
@@ -98,14 +99,15 @@ def profile(task_name: str, seed: int, steps: Sequence[int], step_sizes: Sequenc
     for step in range(1, n_steps + 1):
         current["batch"] = inst.batch(sampler.next())
         if step in steps:
-            rows += _profile_step(inst, model, opt, params, current["batch"], seed, step, step_sizes, only)
+            rows += _profile_step(inst, model, opt, params, current["batch"], train_batch, seed, step,
+                                  step_sizes, only)
         opt.step(closure)
     return rows
 
 
-def _profile_step(inst, model, opt, params, batch, seed: int, step: int, step_sizes, only) -> list[dict]:
+def _profile_step(inst, model, opt, params, batch, train_batch, seed: int, step: int, step_sizes,
+                  only) -> list[dict]:
     other = inst.batch(BatchSampler(inst.n_train, len(batch[0]), seed + 1000 + step).next())
-    train_batch = inst.batch(train_subset(inst.n_train, 512, seed))
     views = {"batch": (batch, True), "batch_eval": (batch, False), "other": (other, True),
              "train": (train_batch, False)}
     model.zero_grad()

@@ -203,9 +203,8 @@ def test_every_registered_optimizer_runs(name):
     assert rec["status"] == "ok", rec["error"]
     assert math.isfinite(rec["final_train_loss"])
     assert math.isfinite(rec["final_batch_loss_avg"])
-    # the per-layer prototype (alsals_bench.layerwise) takes one backward pass per part and step
-    parts = rec["optimizer_config"]["optimizer"]["settings"].get("parts", [None]) if name.startswith(
-        "alsals-layerwise") else [None]
+    # one backward pass per step; the per-layer prototype (alsals_bench.layerwise) takes one per part
+    parts = rec["optimizer_config"]["optimizer"]["settings"].get("parts", [None])
     assert rec["backward_calls"] == 4 * len(parts)
 
 

@@ -114,13 +114,18 @@ class LayerwiseALSALS:
     def _params(self, name: str) -> list[torch.Tensor]:
         return [p for g in self.parts[name].param_groups for p in g["params"]]
 
+    def _restore_buffers(self, saved: list[torch.Tensor]) -> None:
+        """Put the model's buffers (BatchNorm statistics) back to ``saved``."""
+        with torch.no_grad():
+            for b, value in zip(self.model.buffers(), saved):
+                b.copy_(value)
+
     def _loss_at(self, closure: Callable[[], torch.Tensor], rng: torch.Tensor, buffers: list) -> float:
         """The batch loss at the current weights with the step's random draws, the buffers untouched."""
         torch.set_rng_state(rng)
         with torch.no_grad():
             value = float(closure())
-            for b, saved in zip(self.model.buffers(), buffers):
-                b.copy_(saved)
+        self._restore_buffers(buffers)
         return value
 
     def _set(self, starts: dict, ends: dict, names, scale: float) -> None:
@@ -142,9 +147,7 @@ class LayerwiseALSALS:
         kept_buffers = None
         for name, opt in self.parts.items():
             torch.set_rng_state(rng)
-            with torch.no_grad():
-                for b, saved in zip(self.model.buffers(), buffers):
-                    b.copy_(saved)
+            self._restore_buffers(buffers)
             self.model.zero_grad(set_to_none=True)
             loss = opt.step(closure)
             if first_loss is None:
@@ -160,9 +163,7 @@ class LayerwiseALSALS:
         if self.joint and len(self.parts) > 1 and math.isfinite(float(first_loss)):
             scale = self._joint_scale(closure, rng, buffers, starts, ends, float(first_loss))
         self._set(starts, ends, set(self.parts), scale)
-        with torch.no_grad():
-            for b, saved in zip(self.model.buffers(), kept_buffers):
-                b.copy_(saved)
+        self._restore_buffers(kept_buffers)
         return first_loss
 
     def _joint_scale(self, closure, rng, buffers, starts, ends, loss0: float) -> float:

