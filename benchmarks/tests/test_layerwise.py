@@ -126,3 +126,66 @@ def test_joint_scales_a_combined_step_that_delivers_less_than_the_parts_apart(in
     assert layerwise.counters["joint_cuts"] == int(interacting)
     assert layerwise.counters["joint_trials"] == (4 if interacting else 1)
     assert all(size == pytest.approx(first * scale) for size in layerwise.step_sizes.values())
+
+
+def _pair_closure(pair, interacting):
+    a, b = pair.a.weight, pair.b.weight
+    if interacting:
+        return lambda: ((a + b - 1.0) ** 2).sum()
+    return lambda: ((a - 1.0) ** 2 + (b - 1.0) ** 2).sum()
+
+
+@pytest.mark.parametrize("interacting", [True, False])
+def test_scaled_tests_the_combined_step_on_its_own_line_and_leaves_the_parts_step_sizes(interacting):
+    """``f = (a + b − 1)²`` from 0: each part alone steps by ``s = 0.9/0.999``, so the linear model
+    predicts the combined step to lower ``f`` by ``L = 2·2s`` and it lowers it by
+    ``Δ(x) = L·x − 4s²·x²``; Armijo's ``Δ(x) ≥ c·x·L`` holds for ``x ≤ 1/(4s)`` = 0.2775·2 = 0.555,
+    first reached at ``x = 0.9⁶`` (seven trials). The parts' step sizes are not cut. Without the
+    interaction the combined step passes at ``x = 1``."""
+    pair = _Pair()
+    layerwise = LayerwiseALSALS(pair, [{"params": [pair.a.weight, pair.b.weight]}], scaled=True,
+                                initial_step_size=0.9)
+    layerwise.step(_pair_closure(pair, interacting))
+    first = 0.9 / 0.999
+    scale = 0.9 ** 6 if interacting else 1.0
+    assert pair.a.weight.item() == pytest.approx(first * scale)
+    assert pair.b.weight.item() == pytest.approx(first * scale)
+    assert layerwise.scale == pytest.approx(scale)
+    assert layerwise.counters["joint_trials"] == (7 if interacting else 1)
+    assert layerwise.counters["joint_cuts"] == (6 if interacting else 0)
+    assert all(size == pytest.approx(first) for size in layerwise.step_sizes.values())
+    assert layerwise.step_size == pytest.approx(first * scale)
+
+
+def test_scaled_carries_its_scale_and_first_tries_it_enlarged():
+    """The first combined trial is the carried ``x/β_b`` (capped at 1), not 1: on the separable pair,
+    where ``x = 1`` would pass, a carried scale of 0.5 gives a step of ``s·0.5/0.9``, which passes
+    and becomes the scale carried on."""
+    pair = _Pair()
+    layerwise = LayerwiseALSALS(pair, [{"params": [pair.a.weight, pair.b.weight]}], scaled=True,
+                                initial_step_size=0.9)
+    layerwise.scale = 0.5
+    layerwise.step(_pair_closure(pair, False))
+    assert pair.a.weight.item() == pytest.approx(0.9 / 0.999 * 0.5 / 0.9)
+    assert layerwise.scale == pytest.approx(0.5 / 0.9)
+    assert layerwise.counters["joint_trials"] == 1
+
+
+def test_scaled_anytime_average_follows_the_step_applied():
+    """Not told the run's length, each part samples its average at its own end; after a scaled step
+    the average sits where the weights were moved, so ``eval()`` after one step shows the weights."""
+    pair = _Pair()
+    layerwise = LayerwiseALSALS(pair, [{"params": [pair.a.weight, pair.b.weight]}], scaled=True,
+                                initial_step_size=0.9)
+    layerwise.step(_pair_closure(pair, True))
+    assert layerwise.scale < 1.0
+    applied = [pair.a.weight.item(), pair.b.weight.item()]
+    layerwise.eval()
+    assert [pair.a.weight.item(), pair.b.weight.item()] == pytest.approx(applied)
+    layerwise.train()
+
+
+def test_joint_and_scaled_together_are_refused():
+    pair = _Pair()
+    with pytest.raises(ValueError, match="pick one"):
+        LayerwiseALSALS(pair, [{"params": list(pair.parameters())}], joint=True, scaled=True)

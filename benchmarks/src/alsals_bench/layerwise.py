@@ -29,6 +29,23 @@ ALSALS's backtrack factor, for at most 31 combined trials (when all fail, ``x = 
 untested), and every part's carried step size is cut by the final ``x`` too. Each ``Δ_k`` and each
 combined trial costs one more forward pass.
 
+With ``scaled=True`` the combined step is tested instead along its own line, with a scale ``x`` that
+is carried from step to step as search state of its own (the parts' step sizes are never cut by it,
+so cuts cannot compound as they do with ``joint``). With ``s_k = e_k − w0`` part ``k``'s step and
+``g_k`` its gradient at ``w0``, the linear model predicts the combined step to lower the loss by
+``L = −Σ_k g_kᵀs_k``; the step ``w0 + x·Σ_k s_k`` is kept when it passes Armijo's test on that line,
+smoothed as ALSALS smooths its own (the same ``β_s``, so one batch's noise does not set the scale):
+with ``Δ(x) = f(w0) − f(w0 + x·Σ_k s_k)``, the carried EMAs ``h ← β_s·h + (1 − β_s)·Δ(x)`` and
+``p ← β_s·p + (1 − β_s)·x·L`` must satisfy ``h ≥ c·p`` (both updated only when a trial passes;
+on the first step this is ``Δ(x) ≥ c·x·L``). Each step first tries ``x/β_b`` (capped at 1: the scale
+only ever undoes interaction, it never enlarges what the parts found) and backtracks by ``β_b`` on
+failure (at most 31 trials; when all fail the step is not taken), so ``x`` follows the boundary of
+the combined step from above and recovers at ``1/β_b`` per step when the layers stop interacting.
+Its reason: the parts' searches each see their own step alone, and what stacking layers adds is a
+single number per step, how far their sum overshoots; one forward per step (and one per backtrack)
+measures it. Not told the run's length, each part's average is moved by the part's share of
+``(x − 1)·s_k`` where it was sampled at this step, so the averages follow the steps applied.
+
 A library implementation would share one backward pass between the parts; this prototype pays for
 ``K`` backward passes per step instead (the harness counts them), so that part of its cost is not the
 idea's. Everything per part (step size, anneal, average of the iterates,
@@ -63,11 +80,19 @@ def parts_of(model: nn.Module, groups: Sequence[dict]) -> dict[str, list[dict]]:
 class LayerwiseALSALS:
     """One :class:`alsals.ALSALS` per top-level module of ``model``, stepping together (module docstring)."""
 
-    def __init__(self, model: nn.Module, groups: Sequence[dict], joint: bool = False, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, groups: Sequence[dict], joint: bool = False, scaled: bool = False,
+                 **kwargs: Any) -> None:
         import alsals
 
+        if joint and scaled:
+            raise ValueError("joint=True and scaled=True are two ways of testing the combined step: pick one")
         self.model = model
         self.joint = joint
+        self.scaled = scaled
+        #: the carried scale of the combined step and the EMAs its test compares (scaled=True)
+        self.scale = 1.0
+        self.smoothed_decrease = 0.0
+        self.smoothed_prediction = 0.0
         #: combined steps scaled down, and the combined trials evaluated
         self.joint_cuts = 0
         self.joint_trials = 0
@@ -83,9 +108,12 @@ class LayerwiseALSALS:
 
     @property
     def step_size(self) -> float:
-        """The geometric mean of the parts' step sizes (what the harness records per step)."""
+        """The geometric mean of the parts' step sizes, times the carried scale with ``scaled=True``
+        (what the harness records per step)."""
         sizes = [opt.step_size for opt in self.parts.values()]
-        return math.exp(sum(math.log(s) for s in sizes) / len(sizes)) if all(s > 0 for s in sizes) else math.nan
+        if not all(s > 0 for s in sizes):
+            return math.nan
+        return math.exp(sum(math.log(s) for s in sizes) / len(sizes)) * (self.scale if self.scaled else 1.0)
 
     @property
     def step_sizes(self) -> dict[str, float]:
@@ -98,7 +126,7 @@ class LayerwiseALSALS:
         for opt in self.parts.values():
             for key, value in opt.counters.items():
                 total[key] = total.get(key, 0) + value
-        if self.joint:
+        if self.joint or self.scaled:
             total["joint_cuts"] = self.joint_cuts
             total["joint_trials"] = self.joint_trials
         return total
@@ -143,6 +171,8 @@ class LayerwiseALSALS:
         buffers = [b.detach().clone() for b in self.model.buffers()]
         starts = {name: [p.detach().clone() for p in self._params(name)] for name in self.parts}
         ends: dict[str, list[torch.Tensor]] = {}
+        predicted = 0.0
+        weights_before = {name: opt._search_state().average_weight for name, opt in self.parts.items()}
         first_loss = None
         kept_buffers = None
         for name, opt in self.parts.items():
@@ -155,16 +185,58 @@ class LayerwiseALSALS:
                 kept_buffers = [b.detach().clone() for b in self.model.buffers()]
             with torch.no_grad():
                 ends[name] = [p.detach().clone() for p in self._params(name)]
-                for p, w in zip(self._params(name), starts[name]):
+                for p, w, e in zip(self._params(name), starts[name], ends[name]):
+                    if p.grad is not None:
+                        predicted -= float((p.grad * (e - w)).sum())
                     p.copy_(w)
         assert first_loss is not None and kept_buffers is not None
         self.model.zero_grad(set_to_none=True)
         scale = 1.0
         if self.joint and len(self.parts) > 1 and math.isfinite(float(first_loss)):
             scale = self._joint_scale(closure, rng, buffers, starts, ends, float(first_loss))
+        elif self.scaled and len(self.parts) > 1 and math.isfinite(float(first_loss)):
+            scale = self._carried_scale(closure, rng, buffers, starts, ends, float(first_loss), predicted)
+            if scale != 1.0:
+                self._move_averages(starts, ends, weights_before, scale)
         self._set(starts, ends, set(self.parts), scale)
         self._restore_buffers(kept_buffers)
         return first_loss
+
+    def _carried_scale(self, closure, rng, buffers, starts, ends, loss0: float, predicted: float) -> float:
+        """The carried scale ``x`` of the combined step after this step's test (module docstring)."""
+        config = self.config.search
+        if not math.isfinite(predicted) or predicted <= 0.0:
+            return 0.0
+        beta = config.smoothing
+        scale = min(1.0, self.scale / config.backtrack)
+        for _ in range(31):
+            self._set(starts, ends, set(self.parts), scale)
+            self.joint_trials += 1
+            together = loss0 - self._loss_at(closure, rng, buffers)
+            decrease = beta * self.smoothed_decrease + (1.0 - beta) * together
+            prediction = beta * self.smoothed_prediction + (1.0 - beta) * scale * predicted
+            if math.isfinite(together) and decrease >= config.c * prediction:
+                self.scale = scale
+                self.smoothed_decrease, self.smoothed_prediction = decrease, prediction
+                return scale
+            self.joint_cuts += 1
+            scale = max(scale * config.backtrack, config.min_step_size)
+        self.scale = scale
+        return 0.0
+
+    def _move_averages(self, starts, ends, weights_before: dict, scale: float) -> None:
+        """Where a part sampled its average at this step, move the sample from the part's own end to
+        the end applied: ``x̄ += w·(x − 1)·s_k``, ``w`` the sample's share of the new total weight."""
+        for name, opt in self.parts.items():
+            state = opt._search_state()
+            if not opt.config.averages or state.average_step != state.steps or state.average_weight <= 0:
+                continue
+            weight = (state.average_weight - weights_before[name]) / state.average_weight
+            with torch.no_grad():
+                for p, w, e in zip(self._params(name), starts[name], ends[name]):
+                    avg = opt.state[p].get("average")
+                    if avg is not None:
+                        avg.add_((e - w) * ((scale - 1.0) * weight))
 
     def _joint_scale(self, closure, rng, buffers, starts, ends, loss0: float) -> float:
         """The factor ``x`` of the combined step (module docstring), and the parts' step sizes cut by it."""

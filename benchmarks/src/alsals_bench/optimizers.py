@@ -614,28 +614,32 @@ register_alsals_variant("alsals-growth1.01", growth=1.01, knows_total_steps=True
 register_alsals_variant("alsals-finite-difference", slope="finite_difference", knows_total_steps=True)
 
 
-def _layerwise_factory(knows_total_steps: bool, joint: bool):
+def _layerwise_factory(knows_total_steps: bool, joint: bool, scaled: bool = False):
     def factory(model, ctx: RunContext) -> Built:
         from .layerwise import LayerwiseALSALS
 
         args = {"total_steps": ctx.total_steps} if knows_total_steps else {}
         groups = decay_groups(model, ctx.weight_decay)
-        opt = LayerwiseALSALS(model, groups, joint=joint, **args)
+        opt = LayerwiseALSALS(model, groups, joint=joint, scaled=scaled, **args)
         return Built(opt, None, {"class": "alsals_bench.layerwise.LayerwiseALSALS", "arguments": args,
-                                 "joint": joint, "parts": list(opt.parts), "groups": _group_summary(groups)})
+                                 "joint": joint, **({"scaled": True} if scaled else {}),
+                                 "parts": list(opt.parts), "groups": _group_summary(groups)})
 
     return factory
 
 
 # Per-layer step sizes (sixth round): a prototype outside the library, K forward+backward per step;
-# "-joint": the combined step is tested as a whole.
-for _name, _told, _joint in (("alsals-layerwise", True, False), ("alsals-layerwise-anytime", False, False),
-                             ("alsals-layerwise-joint", True, True), ("alsals-layerwise-joint-anytime", False, True)):
+# "-joint": the combined step is tested as a whole; "-scaled": tested along its own line with a carried scale.
+for _name, _told, _joint, _scaled in (
+        ("alsals-layerwise", True, False, False), ("alsals-layerwise-anytime", False, False, False),
+        ("alsals-layerwise-joint", True, True, False), ("alsals-layerwise-joint-anytime", False, True, False),
+        ("alsals-layerwise-scaled", True, False, True), ("alsals-layerwise-scaled-anytime", False, False, True)):
     register_optimizer(OptimizerSpec(
-        name=_name, factory=_layerwise_factory(_told, _joint), protocol="alsals", family="alsals",
+        name=_name, factory=_layerwise_factory(_told, _joint, _scaled), protocol="alsals", family="alsals",
         description="ablation: one ALSALS (defaults) per top-level module, each with its own step size "
         "(alsals_bench.layerwise prototype; K forward+backward passes per step)"
         + ("; the combined step tested as a whole" if _joint else "")
+        + ("; the combined step tested on its own line with a carried scale" if _scaled else "")
         + (", told the run's length (total_steps=T)" if _told else ", no anneal, evaluated at its average"),
         step_size=_alsals_step, knows_total_steps=_told,
     ))
