@@ -39,8 +39,9 @@ with ``Δ(x) = f(w0) − f(w0 + x·Σ_k s_k)``, the carried EMAs ``h ← β_s·h
 ``p ← β_s·p + (1 − β_s)·x·L`` must satisfy ``h ≥ c·p`` (both updated only when a trial passes;
 on the first step this is ``Δ(x) ≥ c·x·L``). Each step first tries ``x/β_b`` (capped at 1: the scale
 only ever undoes interaction, it never enlarges what the parts found) and backtracks by ``β_b`` on
-failure (at most 31 trials; when all fail the step is not taken), so ``x`` follows the boundary of
-the combined step from above and recovers at ``1/β_b`` per step when the layers stop interacting.
+failure (at most 31 trials; when all fail, or when ``L`` is not positive, the step is not taken),
+so ``x`` follows the boundary of the combined step from above and recovers at ``1/β_b`` per step
+when the layers stop interacting.
 Its reason: the parts' searches each see their own step alone, and what stacking layers adds is a
 single number per step, how far their sum overshoots; one forward per step (and one per backtrack)
 measures it. Not told the run's length, each part's average is moved by the part's share of
@@ -60,6 +61,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from alsals.search import smooth
 from torch import nn
 
 
@@ -171,8 +173,9 @@ class LayerwiseALSALS:
         buffers = [b.detach().clone() for b in self.model.buffers()]
         starts = {name: [p.detach().clone() for p in self._params(name)] for name in self.parts}
         ends: dict[str, list[torch.Tensor]] = {}
-        predicted = 0.0
-        weights_before = {name: opt._search_state().average_weight for name, opt in self.parts.items()}
+        predicted = 0.0  # the combined step's linear prediction (scaled=True only)
+        weights_before = ({name: opt._search_state().average_weight for name, opt in self.parts.items()}
+                          if self.scaled else {})
         first_loss = None
         kept_buffers = None
         for name, opt in self.parts.items():
@@ -186,18 +189,19 @@ class LayerwiseALSALS:
             with torch.no_grad():
                 ends[name] = [p.detach().clone() for p in self._params(name)]
                 for p, w, e in zip(self._params(name), starts[name], ends[name]):
-                    if p.grad is not None:
+                    if self.scaled and p.grad is not None:
                         predicted -= float((p.grad * (e - w)).sum())
                     p.copy_(w)
         assert first_loss is not None and kept_buffers is not None
         self.model.zero_grad(set_to_none=True)
         scale = 1.0
-        if self.joint and len(self.parts) > 1 and math.isfinite(float(first_loss)):
-            scale = self._joint_scale(closure, rng, buffers, starts, ends, float(first_loss))
-        elif self.scaled and len(self.parts) > 1 and math.isfinite(float(first_loss)):
-            scale = self._carried_scale(closure, rng, buffers, starts, ends, float(first_loss), predicted)
-            if scale != 1.0:
-                self._move_averages(starts, ends, weights_before, scale)
+        if len(self.parts) > 1 and math.isfinite(float(first_loss)):
+            if self.joint:
+                scale = self._joint_scale(closure, rng, buffers, starts, ends, float(first_loss))
+            elif self.scaled:
+                scale = self._carried_scale(closure, rng, buffers, starts, ends, float(first_loss), predicted)
+                if scale != 1.0:
+                    self._move_averages(starts, ends, weights_before, scale)
         self._set(starts, ends, set(self.parts), scale)
         self._restore_buffers(kept_buffers)
         return first_loss
@@ -207,14 +211,13 @@ class LayerwiseALSALS:
         config = self.config.search
         if not math.isfinite(predicted) or predicted <= 0.0:
             return 0.0
-        beta = config.smoothing
         scale = min(1.0, self.scale / config.backtrack)
         for _ in range(31):
             self._set(starts, ends, set(self.parts), scale)
             self.joint_trials += 1
             together = loss0 - self._loss_at(closure, rng, buffers)
-            decrease = beta * self.smoothed_decrease + (1.0 - beta) * together
-            prediction = beta * self.smoothed_prediction + (1.0 - beta) * scale * predicted
+            decrease = smooth(self.smoothed_decrease, together, config.smoothing)
+            prediction = smooth(self.smoothed_prediction, scale * predicted, config.smoothing)
             if math.isfinite(together) and decrease >= config.c * prediction:
                 self.scale = scale
                 self.smoothed_decrease, self.smoothed_prediction = decrease, prediction
