@@ -525,6 +525,27 @@ def worker_zero(rank, world, out_dir):
     return None
 
 
+def train_layerwise(model, opt, batches):
+    record = {"step_sizes": [], "scales": []}
+    for x, y in batches:
+        opt.step(lambda x=x, y=y: mse(model, x, y))
+        record["step_sizes"].append(opt.step_sizes)
+        record["scales"].append(opt.scale)
+    record["counters"] = opt.counters
+    return record
+
+
+def worker_layerwise(rank, world, out_dir):
+    """LayerwiseALSALS over a DDP model: its parts are the user's modules (not DDP's ``module``), and
+    every part's trials and the combined trials are averaged over the ranks."""
+    model = ddp(mlp(dim=DIM))
+    opt = alsals.LayerwiseALSALS(model, initial_step_size=1.0)
+    record = train_layerwise(model, opt, rank_batches(rank))
+    record["parts"] = list(opt.parts)
+    record["params"] = plain_params(model.module)
+    return record
+
+
 def worker_ddp_scenarios(rank, world, out_dir):
     """Every DDP scenario in one job (each job start costs seconds of imports on a small machine)."""
     return {
@@ -535,6 +556,7 @@ def worker_ddp_scenarios(rank, world, out_dir):
         "accumulation": worker_accumulation(rank, world, out_dir),
         "fault": worker_fault(rank, world, out_dir),
         "zero": worker_zero(rank, world, out_dir),
+        "layerwise": worker_layerwise(rank, world, out_dir),
     }
 
 
@@ -647,6 +669,25 @@ def test_ranks_take_identical_steps_and_match_one_process_on_the_concatenated_ba
         for kind in ("alsals", "salsa"):  # past the warm-up searches, amortized steps happened and the ranks agreed
             assert results[0][kind]["counters"]["skipped_searches"] > 0, kind
         assert results[0]["sls"]["counters"]["skipped_searches"] == 0  # SLS searches at every step, as published
+
+
+@needs_gloo
+def test_layerwise_ranks_agree_and_match_one_process_on_the_concatenated_batch(ddp_job):
+    records = scenario(ddp_job, "layerwise")
+    assert records[0]["parts"] == ["0", "2"]
+    for other in records[1:]:
+        assert other["step_sizes"] == records[0]["step_sizes"] and other["scales"] == records[0]["scales"]
+        assert other["counters"] == records[0]["counters"]
+        assert all(torch.equal(a, b) for a, b in zip(other["params"], records[0]["params"]))
+    model = mlp(dim=DIM)
+    reference = train_layerwise(model, alsals.LayerwiseALSALS(model, initial_step_size=1.0, distributed=False),
+                                concatenated_batches(2))
+    assert records[0]["counters"]["combined_trials"] == reference["counters"]["combined_trials"] >= STEPS
+    assert records[0]["counters"]["backtracks"] == reference["counters"]["backtracks"] > 0
+    assert [min(s.values()) for s in records[0]["step_sizes"]] == pytest.approx(
+        [min(s.values()) for s in reference["step_sizes"]], rel=1e-6)
+    for a, b in zip(records[0]["params"], plain_params(model)):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=5e-5)
 
 
 @needs_gloo

@@ -189,3 +189,36 @@ def test_joint_and_scaled_together_are_refused():
     pair = _Pair()
     with pytest.raises(ValueError, match="pick one"):
         LayerwiseALSALS(pair, [{"params": list(pair.parameters())}], joint=True, scaled=True)
+
+
+@pytest.mark.parametrize("told", [True, False])
+@pytest.mark.parametrize("combined", [True, False])
+def test_the_library_version_takes_the_prototypes_steps_with_one_backward(told, combined):
+    """alsals.LayerwiseALSALS (one shared backward per step) against this prototype (one backward per
+    part), the reference: bitwise the same weights, BatchNorm statistics, averages and RNG state over
+    40 steps with dropout, with and without the combined test, told the run's length or not."""
+    def deep():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.3),
+                             nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    kwargs = {"total_steps": 40} if told else {}
+    reference_model, library_model = deep(), deep()
+    reference = LayerwiseALSALS(reference_model, [{"params": list(reference_model.parameters())}], scaled=combined,
+                                **kwargs)
+    library = alsals.LayerwiseALSALS(library_model, combined_test=combined, **kwargs)
+    rng_after = []
+    for model, opt in ((reference_model, reference), (library_model, library)):
+        torch.manual_seed(11)
+        for _ in range(40):
+            idx = torch.randint(0, 32, (16,))
+            opt.step(lambda model=model, idx=idx: nn.functional.mse_loss(model(X[idx]), Y[idx]))
+        rng_after.append(torch.get_rng_state())
+        opt.eval()
+    assert all(torch.equal(a, b) for a, b in zip(reference_model.state_dict().values(),
+                                                 library_model.state_dict().values()))
+    assert torch.equal(*rng_after)
+    assert library.step_size == reference.step_size
+    if combined:
+        assert library.counters["combined_trials"] == reference.counters["joint_trials"] >= 40
+        assert library.scale == reference.scale

@@ -8,6 +8,7 @@ along Adam's momentum direction (Kenneweg, Kenneweg & Hammer, arXiv 2403.18519).
 from ._version import __version__
 from .accumulation import micro_batch_closure
 from .config import PRESETS, ALSALSConfig
+from .layerwise import LayerwiseALSALS
 from .optimizer import ALSALS
 from .presets import SLS, SaLSa
 from .search import SearchConfig, SearchState, SearchStatus
@@ -15,6 +16,7 @@ from .search import SearchConfig, SearchState, SearchStatus
 __all__ = [
     "ALSALS",
     "ALSALSConfig",
+    "LayerwiseALSALS",
     "PRESETS",
     "SLS",
     "SaLSa",

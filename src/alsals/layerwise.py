@@ -1,0 +1,390 @@
+"""Per-layer step sizes: one :class:`alsals.ALSALS` per top-level module, one backward per step.
+
+One step size for a whole model is held at the boundary of its most sensitive layer: on a GRU text
+classifier the linear head's part of Adam's direction behaves as the linear model says at step
+sizes many times the one the word embedding and the recurrent cell allow (docs/benchmarks.md,
+"Sixth round"). The authors' layer-wise line search (Kenneweg et al., arXiv 2403.18506) gives each
+part of the network its own step size; :class:`LayerwiseALSALS` does so with ALSALS's own search.
+
+**Parts.** The parameters are split by the top-level module that holds them (the first component of
+their qualified name in ``model.named_parameters()``: ``embed``, ``gru``, ``head``; ``0``, ``3``,
+``6`` in an ``nn.Sequential``); a parameter registered on the model itself is a part of its own.
+The model is read inside ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile``.
+Each part has its own :class:`alsals.ALSALS` with the same settings (step size, anneal, average of
+the iterates, counters and resume state are that part's own).
+
+**A step.** With ``w0`` the weights before the step:
+
+1. the closure is evaluated once at ``w0`` with gradients (one forward, one backward);
+2. for each part ``k``: its optimizer takes its step from that gradient (its own smoothed Armijo
+   search along its own part of Adam's direction, only its parameters moving, every trial with the
+   first evaluation's random draws), the end ``e_k`` is remembered and the part is put back at ``w0``;
+3. the parts move together (Jacobi: no part's search sees another's step).
+
+**The combined step** (``combined_test=True``, the default). Steps acceptable one part at a time can
+add up to one that is not (each layer's step changes what the next one's does), so their sum is
+tested along its own line. With ``s_k = e_k − w0`` and ``g_k`` part ``k``'s gradient at ``w0``,
+the linear model predicts the sum to lower the loss by ``L = −Σ_k g_kᵀs_k``. The step
+``w0 + x·Σ_k s_k`` is kept when it passes Armijo's test on that line, smoothed as ALSALS smooths its
+own (the same ``β_s``, so that one batch's noise does not set the scale): with
+``Δ(x) = f(w0) − f(w0 + x·Σ_k s_k)``, the carried averages ``h ← β_s·h + (1 − β_s)·Δ(x)`` and
+``p ← β_s·p + (1 − β_s)·x·L`` must satisfy ``h ≥ c·p`` (both updated only when a trial passes).
+The scale ``x`` is carried from step to step: each step first tries ``min(1, x/β_b)`` (the scale
+only undoes interaction, it never enlarges what the parts found) and backtracks by ``β_b`` on
+failure, for at most 31 trials; when all fail, or when ``L`` is not positive, the weights stay at
+``w0`` (the parts' moments still advance, as after a failed search). The parts' step sizes are never
+cut by ``x``, so cuts cannot compound. This costs one forward per step (and one per backtrack).
+Not told the run's length, each part's average of the iterates follows the step applied: where a
+part sampled its average at this step, the sample is moved by ``(x − 1)·s_k``, weighted by its share.
+
+The numbers are those of the benchmark's prototype (``alsals_bench.layerwise``), which pays a
+backward pass per part instead of sharing one; a test checks that both give the same weights.
+
+Limits: no fp16 ``GradScaler`` (use bf16 or float32), and no sharded (FSDP2) parameters; with DDP the
+combined trial's loss is averaged over the ranks like every trial of ALSALS.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .closure import ClosureEvaluator, RandomState
+from .optimizer import ALSALS
+from .search import smooth
+
+#: the most trials of the combined step in one step (as ALSALS's own search)
+MAX_COMBINED_TRIALS = 31
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The user's model inside the wrappers that add a name level (``DistributedDataParallel`` and
+    ``DataParallel``: ``module``; ``torch.compile``: ``_orig_mod``), so its parts are its own top-level
+    modules, not the wrapper's one child."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
+
+
+def split_by_top_level_module(model: nn.Module, groups: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """The parameter groups ``groups`` split by the top-level module of ``model`` that holds each
+    parameter: part name -> its groups (each group's settings kept, empty groups dropped), in the
+    order the parts first appear. Raises ``ValueError`` for a parameter that is not ``model``'s."""
+    part_of = {id(p): name.split(".")[0] for name, p in unwrapped(model).named_parameters()}
+    parts: Dict[str, List[Dict[str, Any]]] = {}
+    for group in groups:
+        by_part: Dict[str, List[Tensor]] = {}
+        for p in group["params"]:
+            if id(p) not in part_of:
+                raise ValueError(
+                    f"LayerwiseALSALS: a parameter of shape {tuple(p.shape)} is not one of the model's "
+                    "(model.named_parameters()); pass the model whose parameters you optimize."
+                )
+            by_part.setdefault(part_of[id(p)], []).append(p)
+        for part, params in by_part.items():
+            parts.setdefault(part, []).append({**group, "params": params})
+    return parts
+
+
+def _as_groups(model: nn.Module, params: Optional[Iterable[Any]]) -> List[Dict[str, Any]]:
+    if params is None:
+        return [{"params": list(model.parameters())}]
+    items = list(params)
+    if not items:
+        raise ValueError("LayerwiseALSALS got an empty parameter list")
+    if all(isinstance(item, dict) for item in items):
+        return [{**group, "params": list(group["params"])} for group in items]
+    if all(isinstance(item, Tensor) for item in items):
+        return [{"params": items}]
+    raise TypeError("LayerwiseALSALS: params must be tensors or parameter-group dicts, not a mix")
+
+
+class _FirstEvaluationGiven:
+    """The closure a part's optimizer sees: its first call hands back the step's shared first
+    evaluation (the loss, and the part's gradients put into ``p.grad``) without running the model;
+    later calls (the part's trials) run the user's closure."""
+
+    def __init__(self, closure: Callable[[], Any], loss: Tensor, grads: Dict[Tensor, Tensor],
+                 model: nn.Module, forward_only_trials: bool) -> None:
+        self._closure = closure
+        self._loss = loss
+        self._grads = grads
+        self._given = False
+        #: the trials' buffer protection watches the whole model (the first call runs no module)
+        self.trial_modules = model
+        self.forward_only_trials = forward_only_trials
+
+    def __call__(self) -> Any:
+        if not self._given:
+            self._given = True
+            for p, g in self._grads.items():
+                p.grad = g.clone()
+            return self._loss
+        return self._closure()
+
+
+class LayerwiseALSALS:
+    """One :class:`alsals.ALSALS` per top-level module of ``model``, stepping together (module
+    docstring: the parts, one shared backward, the combined step's test).
+
+    Args:
+        model: the model; its top-level modules define the parts.
+        params: what to optimize: tensors or parameter groups (dicts with per-group settings, e.g.
+            ``weight_decay``), all of them ``model``'s; ``None``: every parameter of ``model``.
+        combined_test: test the parts' summed step on its own line with a carried scale (default);
+            ``False``: apply the parts' steps as they are.
+        **kwargs: settings of every part's :class:`alsals.ALSALS` (``total_steps``, ``preset``, ...).
+
+    Use it like ALSALS: ``opt.step(closure)`` with a closure that returns the batch loss, ``eval()``
+    and ``train()`` around evaluation when it keeps averages of the iterates (no ``total_steps``),
+    ``state_dict()`` / ``load_state_dict()`` to resume.
+    """
+
+    def __init__(self, model: nn.Module, params: Optional[Iterable[Any]] = None, *, combined_test: bool = True,
+                 **kwargs: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"LayerwiseALSALS needs the model (an nn.Module) first, got {type(model).__name__}")
+        self.model = model
+        self.combined_test = bool(combined_test)
+        self.parts: Dict[str, ALSALS] = {
+            name: ALSALS(groups, **kwargs) for name, groups in split_by_top_level_module(model, _as_groups(model, params)).items()
+        }
+        if not self.parts:
+            raise ValueError("LayerwiseALSALS: the model has no parameters to optimize")
+        self.config = next(iter(self.parts.values())).config
+        if any(opt._slope_weights for opt in self.parts.values()):
+            raise ValueError("LayerwiseALSALS does not support sharded (FSDP2) parameters; use ALSALS there")
+        #: the combined step's carried scale, and the averages its test compares
+        self.scale = 1.0
+        self.smoothed_decrease = 0.0
+        self.smoothed_prediction = 0.0
+        #: combined trials evaluated, and those that failed (a backtrack each)
+        self.combined_trials = 0
+        self.combined_cuts = 0
+        #: steps taken, and the backward passes of their shared first evaluations
+        self._steps = 0
+        self._backward_passes = 0
+
+    # -- what a user reads ----------------------------------------------------------------------
+
+    @property
+    def param_groups(self) -> List[Dict[str, Any]]:
+        """Every part's parameter groups, in part order."""
+        return [g for opt in self.parts.values() for g in opt.param_groups]
+
+    @property
+    def step_sizes(self) -> Dict[str, float]:
+        """Each part's carried step size."""
+        return {name: opt.step_size for name, opt in self.parts.items()}
+
+    @property
+    def step_size(self) -> float:
+        """The geometric mean of the parts' step sizes, times the combined step's scale."""
+        sizes = list(self.step_sizes.values())
+        if not all(s > 0 for s in sizes):
+            return math.nan
+        scale = self.scale if self.combined_test else 1.0
+        return math.exp(sum(math.log(s) for s in sizes) / len(sizes)) * scale
+
+    @property
+    def counters(self) -> Dict[str, int]:
+        """ALSALS's counters of searches, backtracks and skips summed over the parts; ``steps``,
+        ``forward_evaluations`` and ``backward_passes`` those of this optimizer (the model's forward
+        and backward passes: the shared first evaluation once per step, not once per part); and the
+        combined step's trials and cuts."""
+        total: Dict[str, int] = {}
+        for opt in self.parts.values():
+            for key, value in opt.counters.items():
+                total[key] = total.get(key, 0) + value
+        # each part counts the shared first evaluation as one of its own, with its backward pass
+        total["forward_evaluations"] += self._steps - len(self.parts) * self._steps + self.combined_trials
+        total["steps"] = self._steps
+        total["backward_passes"] = self._backward_passes
+        total["combined_trials"] = self.combined_trials
+        total["combined_cuts"] = self.combined_cuts
+        return total
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def eval(self) -> None:
+        """Every part's average of the iterates into the parameters (see :meth:`alsals.ALSALS.eval`)."""
+        for opt in self.parts.values():
+            opt.eval()
+
+    def train(self) -> None:
+        for opt in self.parts.values():
+            opt.train()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "parts": {name: opt.state_dict() for name, opt in self.parts.items()},
+            "combined": {"scale": self.scale, "smoothed_decrease": self.smoothed_decrease,
+                         "smoothed_prediction": self.smoothed_prediction,
+                         "trials": self.combined_trials, "cuts": self.combined_cuts,
+                         "steps": self._steps, "backward_passes": self._backward_passes},
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        parts = state_dict.get("parts")
+        if not isinstance(parts, dict) or list(parts) != list(self.parts):
+            found = list(parts) if isinstance(parts, dict) else None
+            raise ValueError(f"LayerwiseALSALS.load_state_dict: the state holds parts {found}, this optimizer "
+                             f"has {list(self.parts)}; load it into an optimizer of the same model")
+        for name, opt in self.parts.items():
+            opt.load_state_dict(parts[name])
+        combined = state_dict["combined"]
+        self.scale = float(combined["scale"])
+        self.smoothed_decrease = float(combined["smoothed_decrease"])
+        self.smoothed_prediction = float(combined["smoothed_prediction"])
+        self.combined_trials = int(combined["trials"])
+        self.combined_cuts = int(combined["cuts"])
+        self._steps = int(combined["steps"])
+        self._backward_passes = int(combined["backward_passes"])
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def _params(self, name: str) -> List[Tensor]:
+        return [p for g in self.parts[name].param_groups for p in g["params"]]
+
+    def _all_params(self) -> List[Tensor]:
+        return [p for name in self.parts for p in self._params(name)]
+
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Tensor:
+        """Evaluate the closure once with gradients, let every part search its own step from that
+        gradient, test their sum (``combined_test``) and move. Returns the first loss, detached."""
+        if closure is None or not callable(closure):
+            raise TypeError("LayerwiseALSALS.step() needs a closure that returns the batch loss, as ALSALS does: "
+                            "opt.step(lambda: loss_fn(model(x), y))")
+        for opt in self.parts.values():
+            if opt._search_state().averaged_in:
+                raise RuntimeError("LayerwiseALSALS.step() was called after opt.eval(): the parameters hold the "
+                                   "average of the iterates, for evaluation. Call opt.train() before training on.")
+        params = self._all_params()
+        devices = [p.device for p in params if p.device.type == "cuda"]
+        before = RandomState(devices)
+        evaluator = ClosureEvaluator(closure, params, type(self).__name__, trials=False)
+        loss = evaluator.first()
+        after = RandomState(devices)
+        self._steps += 1
+        self._backward_passes += evaluator.backward_passes
+        with torch.no_grad():
+            buffers = [b.detach().clone() for b in self.model.buffers()]
+            grads = {p: p.grad.detach().clone() for p in params if p.grad is not None}
+            starts = {name: [p.detach().clone() for p in self._params(name)] for name in self.parts}
+        forward_only = not evaluator.trials_run_backward
+        weights_before = {name: opt._search_state().average_weight for name, opt in self.parts.items()}
+        ends: Dict[str, List[Tensor]] = {}
+        predicted = 0.0
+        try:
+            for name, opt in self.parts.items():
+                before.restore()
+                opt.step(_FirstEvaluationGiven(closure, loss, {p: grads[p] for p in self._params(name) if p in grads},
+                                               self.model, forward_only))
+                with torch.no_grad():
+                    ends[name] = [p.detach().clone() for p in self._params(name)]
+                    for p, w, e in zip(self._params(name), starts[name], ends[name]):
+                        if self.combined_test and p in grads:
+                            predicted -= float((grads[p] * (e - w)).sum())
+                        p.copy_(w)
+            scale = 1.0
+            if self.combined_test and len(self.parts) > 1:
+                loss0 = self._mean_over_ranks(loss)
+            if self.combined_test and len(self.parts) > 1 and math.isfinite(loss0):
+                scale = self._combined_scale(closure, before, buffers, starts, ends, loss0, predicted)
+                if scale != 1.0:
+                    self._move_averages(starts, ends, weights_before, scale)
+        except BaseException:
+            self._set(starts, starts, set(), 1.0)  # an exception leaves the weights at w0
+            raise
+        finally:
+            self._restore_buffers(buffers)
+            after.restore()
+            self.model.zero_grad(set_to_none=True)
+        self._set(starts, ends, set(self.parts), scale)
+        return loss
+
+    def _restore_buffers(self, saved: List[Tensor]) -> None:
+        with torch.no_grad():
+            for b, value in zip(self.model.buffers(), saved):
+                b.copy_(value)
+
+    def _set(self, starts: Dict[str, List[Tensor]], ends: Dict[str, List[Tensor]], names: Iterable[str],
+             scale: float) -> None:
+        """Each part in ``names`` at ``w0 + scale·(e − w0)``; the others at ``w0``."""
+        names = set(names)
+        with torch.no_grad():
+            for name in self.parts:
+                for p, w, e in zip(self._params(name), starts[name], ends.get(name, starts[name])):
+                    if name in names:
+                        p.copy_(w + scale * (e - w) if scale != 1.0 else e)
+                    else:
+                        p.copy_(w)
+
+    def _combined_loss(self, closure: Callable[[], Any], rng: RandomState, buffers: List[Tensor]) -> float:
+        """The batch loss at the current weights with the step's random draws (averaged over the
+        data-parallel ranks, as ALSALS reads its trials), the buffers put back."""
+        rng.restore()
+        try:
+            with torch.no_grad():
+                value = closure()
+        finally:
+            self._restore_buffers(buffers)
+        if not isinstance(value, Tensor):
+            raise TypeError("The closure passed to LayerwiseALSALS.step() must return the loss as a scalar tensor")
+        return self._mean_over_ranks(value)
+
+    def _mean_over_ranks(self, loss: Tensor) -> float:
+        """``loss`` read back, averaged over the data-parallel ranks (every rank then decides alike)."""
+        first = next(iter(self.parts.values()))
+        return first._read([loss.detach()], num_means=1)[0]
+
+    def _combined_scale(self, closure: Callable[[], Any], rng: RandomState, buffers: List[Tensor],
+                        starts: Dict[str, List[Tensor]], ends: Dict[str, List[Tensor]], loss0: float,
+                        predicted: float) -> float:
+        """The scale applied to the parts' summed step, and the carried scale after this step's test
+        (module docstring); 0 when no trial passes or the prediction ``L`` is not positive."""
+        config = self.config.search
+        if not math.isfinite(predicted) or predicted <= 0.0:
+            return 0.0
+        scale = min(1.0, self.scale / config.backtrack)
+        for _ in range(MAX_COMBINED_TRIALS):
+            self._set(starts, ends, self.parts, scale)
+            self.combined_trials += 1
+            together = loss0 - self._combined_loss(closure, rng, buffers)
+            decrease = smooth(self.smoothed_decrease, together, config.smoothing)
+            prediction = smooth(self.smoothed_prediction, scale * predicted, config.smoothing)
+            if math.isfinite(together) and decrease >= config.c * prediction:
+                self.scale = scale
+                self.smoothed_decrease, self.smoothed_prediction = decrease, prediction
+                return scale
+            self.combined_cuts += 1
+            scale = max(scale * config.backtrack, config.min_step_size)
+        self.scale = scale
+        return 0.0
+
+    def _move_averages(self, starts: Dict[str, List[Tensor]], ends: Dict[str, List[Tensor]],
+                       weights_before: Dict[str, float], scale: float) -> None:
+        """Where a part sampled its average at this step, move the sample from the part's own end to
+        the end applied: ``x̄ += w·(x − 1)·s_k``, ``w`` the sample's share of the new total weight."""
+        for name, opt in self.parts.items():
+            state = opt._search_state()
+            if not opt.config.averages or state.average_step != state.steps or state.average_weight <= 0:
+                continue
+            weight = (state.average_weight - weights_before[name]) / state.average_weight
+            with torch.no_grad():
+                for p, w, e in zip(self._params(name), starts[name], ends[name]):
+                    average = opt.state[p].get("average")
+                    if average is not None:
+                        average.add_((e - w) * ((scale - 1.0) * weight))
+
+
+__all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "split_by_top_level_module", "unwrapped"]

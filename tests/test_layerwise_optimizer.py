@@ -1,0 +1,237 @@
+"""alsals.LayerwiseALSALS: one ALSALS per top-level module sharing one backward pass per step, the
+combined step tested on its own line; what a torch user expects of it (bad input, NaN, exceptions,
+frozen layers, resume, RNG, torch.compile and DDP naming)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import alsals
+from alsals.layerwise import split_by_top_level_module, unwrapped
+
+X = torch.randn(48, 6, generator=torch.Generator().manual_seed(0))
+Y = torch.randn(48, 1, generator=torch.Generator().manual_seed(1))
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12), nn.Tanh(), nn.Dropout(0.2), nn.Linear(12, 1))
+
+
+def _batches(steps: int):
+    gen = torch.Generator().manual_seed(5)
+    return [torch.randint(0, 48, (16,), generator=gen) for _ in range(steps)]
+
+
+def _train(model, opt, batches, counts=None):
+    for idx in batches:
+        def closure(idx=idx):
+            if counts is not None:
+                counts["forward"] += 1
+                counts["with_grad"] += int(torch.is_grad_enabled())
+            return nn.functional.mse_loss(model(X[idx]), Y[idx])
+        opt.step(closure)
+
+
+def test_parts_are_the_top_level_modules_through_ddp_dataparallel_and_compile_wrappers():
+    model = _model()
+    parts = split_by_top_level_module(model, [{"params": list(model.parameters()), "weight_decay": 0.1}])
+    assert list(parts) == ["0", "1", "4"]
+    assert all(g["weight_decay"] == 0.1 for groups in parts.values() for g in groups)
+    assert unwrapped(nn.DataParallel(model)) is model
+    compiled = torch.compile(model)
+    assert unwrapped(compiled) is model
+    assert list(alsals.LayerwiseALSALS(compiled).parts) == ["0", "1", "4"]
+
+
+def test_one_backward_per_step_and_trials_without_gradients():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=20)
+    counts = {"forward": 0, "with_grad": 0}
+    _train(model, opt, _batches(20), counts)
+    assert counts["with_grad"] == 20  # the one shared first evaluation per step, not one per part
+    assert counts["forward"] > 20 + 20  # the parts' trials and one combined trial per step at least
+    assert opt.counters["combined_trials"] >= 20
+    assert opt.counters["steps"] == 20 and opt.counters["backward_passes"] == 20
+    assert opt.counters["forward_evaluations"] == counts["forward"]
+
+
+def test_a_model_with_one_part_steps_as_plain_alsals():
+    model, plain = nn.Sequential(nn.Linear(6, 1)), nn.Sequential(nn.Linear(6, 1))
+    plain.load_state_dict(model.state_dict())
+    layerwise, reference = alsals.LayerwiseALSALS(model), alsals.ALSALS(plain.parameters())
+    _train(model, layerwise, _batches(15))
+    _train(plain, reference, _batches(15))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))
+    assert layerwise.counters["combined_trials"] == 0
+
+
+def test_the_combined_test_shrinks_an_overshooting_sum_and_leaves_the_parts_step_sizes():
+    """``f = (a + b − 1)²`` from 0: each part's own search accepts ``s = 0.9/0.999`` (its step alone
+    reaches the minimum's neighbourhood), their sum overshoots, and the combined test scales it back to
+    ``x = 0.9⁶`` (the first ``x`` with ``Δ(x) ≥ c·x·L``); without interaction ``x = 1`` passes."""
+    for interacting, scale in ((True, 0.9 ** 6), (False, 1.0)):
+        pair = nn.ModuleDict({"a": nn.Linear(1, 1, bias=False), "b": nn.Linear(1, 1, bias=False)})
+        with torch.no_grad():
+            for p in pair.parameters():
+                p.zero_()
+        a, b = pair["a"].weight, pair["b"].weight
+        opt = alsals.LayerwiseALSALS(pair, initial_step_size=0.9)
+        opt.step(lambda: ((a + b - 1.0) ** 2).sum() if interacting else ((a - 1) ** 2 + (b - 1) ** 2).sum())
+        first = 0.9 / 0.999
+        assert a.item() == pytest.approx(first * scale) and b.item() == pytest.approx(first * scale)
+        assert opt.scale == pytest.approx(scale)
+        assert all(size == pytest.approx(first) for size in opt.step_sizes.values())
+        assert opt.counters["combined_cuts"] == (6 if interacting else 0)
+
+
+def test_combined_test_false_applies_the_parts_steps_untested():
+    pair = nn.ModuleDict({"a": nn.Linear(1, 1, bias=False), "b": nn.Linear(1, 1, bias=False)})
+    with torch.no_grad():
+        for p in pair.parameters():
+            p.zero_()
+    a, b = pair["a"].weight, pair["b"].weight
+    opt = alsals.LayerwiseALSALS(pair, combined_test=False, initial_step_size=0.9)
+    opt.step(lambda: ((a + b - 1.0) ** 2).sum())
+    assert a.item() == pytest.approx(0.9 / 0.999) and opt.counters["combined_trials"] == 0
+
+
+def test_bad_input_gets_a_clear_error():
+    model = _model()
+    with pytest.raises(TypeError, match="nn.Module"):
+        alsals.LayerwiseALSALS(list(model.parameters()))
+    with pytest.raises(ValueError, match="not one of the model's"):
+        alsals.LayerwiseALSALS(model, [nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError):
+        alsals.LayerwiseALSALS(model, initial_step_size=-1.0)  # ALSALS's own validation, per part
+    opt = alsals.LayerwiseALSALS(model)
+    with pytest.raises(TypeError, match="closure"):
+        opt.step()
+    with pytest.raises(TypeError, match="scalar torch.Tensor"):
+        opt.step(lambda: 1.0)
+    with pytest.raises(ValueError, match="scalar"):
+        opt.step(lambda: model(X).sum(dim=1))
+
+
+def test_a_nan_loss_is_skipped_the_weights_stay_finite_and_counted():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    _train(model, opt, _batches(3))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(lambda: nn.functional.mse_loss(model(X), Y) * float("nan"))
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert opt.counters["skipped_steps"] >= 1
+    _train(model, opt, _batches(3))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_an_exception_inside_a_trial_leaves_the_weights_where_the_step_began():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    before = [p.detach().clone() for p in model.parameters()]
+    buffers = [b.detach().clone() for b in model.buffers()]
+    calls = {"n": 0}
+
+    def closure():
+        calls["n"] += 1
+        if calls["n"] == 3:  # a trial of the second part
+            raise KeyboardInterrupt
+        return nn.functional.mse_loss(model(X), Y)
+
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(closure)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert all(p.grad is None for p in model.parameters())
+    # the buffers hold the one first evaluation's statistics, as after any step
+    assert not all(torch.equal(b, c) for b, c in zip(model.buffers(), buffers))
+
+
+def test_a_layer_frozen_mid_run_stops_moving():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=20)
+    _train(model, opt, _batches(5))
+    model[0].requires_grad_(False)
+    frozen = [p.detach().clone() for p in model[0].parameters()]
+    head = model[4].weight.detach().clone()
+    _train(model, opt, _batches(5))
+    assert all(torch.equal(p, q) for p, q in zip(model[0].parameters(), frozen))
+    assert not torch.equal(model[4].weight, head)
+
+
+def test_the_rng_is_left_as_one_evaluation_leaves_it():
+    """Trials replay the first evaluation's dropout masks and leave no trace in the RNG: after a step
+    the generator is where one forward with dropout leaves it."""
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    torch.manual_seed(21)
+    opt.step(lambda: nn.functional.mse_loss(model(X), Y))
+    after_step = torch.get_rng_state()
+    torch.manual_seed(21)
+    nn.functional.dropout(torch.zeros(48, 12), 0.2, training=True)
+    assert torch.equal(after_step, torch.get_rng_state())
+
+
+def test_state_dict_resumes_bitwise_and_a_mismatched_state_is_refused():
+    batches = _batches(24)
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model)  # anytime: with averages of the iterates
+    torch.manual_seed(9)
+    _train(model, opt, batches[:12])
+    saved_model, saved_opt, rng = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), torch.get_rng_state()
+    _train(model, opt, batches[12:])
+
+    resumed = _model()
+    resumed.load_state_dict(saved_model)
+    opt2 = alsals.LayerwiseALSALS(resumed)
+    opt2.load_state_dict(saved_opt)
+    torch.set_rng_state(rng)
+    _train(resumed, opt2, batches[12:])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), resumed.state_dict().values()))
+    assert opt2.scale == opt.scale and opt2.counters == opt.counters
+    opt.eval()
+    opt2.eval()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+
+    other = nn.Sequential(nn.Linear(6, 1))
+    with pytest.raises(ValueError, match="parts"):
+        alsals.LayerwiseALSALS(other).load_state_dict(saved_opt)
+
+
+def test_step_after_eval_is_refused_and_eval_train_round_trips():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model)
+    _train(model, opt, _batches(6))
+    iterate = [p.detach().clone() for p in model.parameters()]
+    opt.eval()
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), iterate))
+    with pytest.raises(RuntimeError, match="train"):
+        opt.step(lambda: nn.functional.mse_loss(model(X), Y))
+    opt.train()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), iterate))
+
+
+def test_deepcopy_continues_like_the_original():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=30)
+    _train(model, opt, _batches(8))
+    twin_opt = copy.deepcopy(opt)
+    twin = twin_opt.model
+    assert twin is not model
+    torch.manual_seed(4)
+    _train(model, opt, _batches(6))
+    torch.manual_seed(4)
+    _train(twin, twin_opt, _batches(6))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+def test_step_size_is_the_geometric_mean_of_the_parts_times_the_scale():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    _train(model, opt, _batches(4))
+    sizes = list(opt.step_sizes.values())
+    assert opt.step_size == pytest.approx(math.prod(sizes) ** (1 / len(sizes)) * opt.scale)
