@@ -64,7 +64,9 @@ def test_one_backward_per_step_and_trials_without_gradients():
 def test_a_model_with_one_part_steps_as_plain_alsals():
     model, plain = nn.Sequential(nn.Linear(6, 1)), nn.Sequential(nn.Linear(6, 1))
     plain.load_state_dict(model.state_dict())
-    layerwise, reference = alsals.LayerwiseALSALS(model), alsals.ALSALS(plain.parameters())
+    with pytest.warns(UserWarning, match="one part"):
+        layerwise = alsals.LayerwiseALSALS(model)
+    reference = alsals.ALSALS(plain.parameters())
     _train(model, layerwise, _batches(15))
     _train(plain, reference, _batches(15))
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters()))
@@ -125,7 +127,7 @@ def test_a_nan_loss_is_skipped_the_weights_stay_finite_and_counted():
     before = [p.detach().clone() for p in model.parameters()]
     opt.step(lambda: nn.functional.mse_loss(model(X), Y) * float("nan"))
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
-    assert opt.counters["skipped_steps"] >= 1
+    assert opt.counters["skipped_steps"] == 1  # one step, not one per part
     _train(model, opt, _batches(3))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -146,7 +148,7 @@ def test_an_exception_inside_a_trial_leaves_the_weights_where_the_step_began():
     with pytest.raises(KeyboardInterrupt):
         opt.step(closure)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
-    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is not None for p in model.parameters())  # the first evaluation's, as after a step
     # the buffers hold the one first evaluation's statistics, as after any step
     assert not all(torch.equal(b, c) for b, c in zip(model.buffers(), buffers))
 
@@ -198,7 +200,7 @@ def test_state_dict_resumes_bitwise_and_a_mismatched_state_is_refused():
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
 
     other = nn.Sequential(nn.Linear(6, 1))
-    with pytest.raises(ValueError, match="parts"):
+    with pytest.raises(ValueError, match="parts"), pytest.warns(UserWarning, match="one part"):
         alsals.LayerwiseALSALS(other).load_state_dict(saved_opt)
 
 
@@ -235,3 +237,90 @@ def test_step_size_is_the_geometric_mean_of_the_parts_times_the_scale():
     _train(model, opt, _batches(4))
     sizes = list(opt.step_sizes.values())
     assert opt.step_size == pytest.approx(math.prod(sizes) ** (1 / len(sizes)) * opt.scale)
+
+
+class _Branches(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.a, self.b = nn.Linear(6, 1), nn.Linear(6, 1)
+
+    def forward(self, x, use_b=True):
+        return self.a(x) + (self.b(x) if use_b else 0.0)
+
+
+def test_a_part_unused_by_a_step_stays_and_the_others_step():
+    model = _Branches()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    opt.step(lambda: nn.functional.mse_loss(model(X), Y))
+    a, b = model.a.weight.detach().clone(), model.b.weight.detach().clone()
+    steps_b = opt.parts["b"].counters["steps"]
+    opt.step(lambda: nn.functional.mse_loss(model(X, use_b=False), Y))
+    assert not torch.equal(model.a.weight, a)
+    assert torch.equal(model.b.weight, b) and opt.parts["b"].counters["steps"] == steps_b
+
+
+def test_a_non_finite_gradient_in_one_part_skips_the_whole_step_once():
+    model = _Branches()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def closure():
+        loss = nn.functional.mse_loss(model(X), Y)
+        return loss + 0.0 * model.b.weight.sum() * float("inf") if torch.is_grad_enabled() else loss
+
+    opt.step(closure)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert opt.counters["skipped_steps"] == 1
+    assert all(o.counters["steps"] == 0 for o in opt.parts.values())
+
+
+def test_a_closure_that_runs_backward_itself_works_and_its_passes_are_counted():
+    """LBFGS style (``zero_grad(); backward()`` in the closure): the same steps as a forward-only
+    closure, the combined trials included, and every backward pass counted."""
+    batches = _batches(12)
+    forward_only, lbfgs = _model(), _model()
+    opt_a = alsals.LayerwiseALSALS(forward_only, total_steps=12)
+    opt_b = alsals.LayerwiseALSALS(lbfgs, total_steps=12)
+    torch.manual_seed(1)
+    _train(forward_only, opt_a, batches)
+    torch.manual_seed(1)
+    backwards = {"n": 0}
+    for idx in batches:
+        def closure(idx=idx):
+            opt_b.zero_grad()
+            loss = nn.functional.mse_loss(lbfgs(X[idx]), Y[idx])
+            loss.register_hook(lambda grad: backwards.__setitem__("n", backwards["n"] + 1))
+            loss.backward()
+            return loss
+        opt_b.step(closure)
+    assert all(torch.equal(a, b) for a, b in zip(forward_only.state_dict().values(), lbfgs.state_dict().values()))
+    assert opt_b.counters["combined_trials"] >= 12
+    assert opt_b.counters["backward_passes"] == backwards["n"] == opt_b.counters["forward_evaluations"]
+    assert opt_a.counters["forward_evaluations"] == opt_b.counters["forward_evaluations"]
+
+
+def test_the_first_gradient_is_left_in_grad_and_other_optimizers_grads_are_kept():
+    model = _Branches()
+    opt = alsals.LayerwiseALSALS(model, [model.a.weight, model.a.bias, model.b.weight])
+    model.b.bias.grad = torch.ones_like(model.b.bias)  # another optimizer's parameter
+    loss = nn.functional.mse_loss(model(X), Y)
+    expected = torch.autograd.grad(loss, model.a.weight)[0]
+    opt.step(lambda: nn.functional.mse_loss(model(X), Y))
+    assert torch.allclose(model.a.weight.grad, expected)
+    assert model.b.bias.grad is not None
+
+
+def test_part_of_splits_deeper_and_params_accept_named_parameters():
+    blocks = nn.Module()
+    blocks.h = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+    opt = alsals.LayerwiseALSALS(blocks, blocks.named_parameters(), part_of=lambda name: ".".join(name.split(".")[:2]))
+    assert list(opt.parts) == ["h.0", "h.1", "h.2"]
+    with pytest.warns(UserWarning, match="part_of"):
+        alsals.LayerwiseALSALS(blocks)  # one top-level module: one part
+    model = _model()
+    with pytest.warns(UserWarning, match="one part"):
+        grouped = alsals.LayerwiseALSALS(model, [{"params": model[0].weight, "weight_decay": 0.1}])
+    assert list(grouped.parts) == ["0"] and grouped.param_groups[0]["weight_decay"] == 0.1
+    with pytest.raises(TypeError, match="not one tensor"):
+        alsals.LayerwiseALSALS(model, model[0].weight)

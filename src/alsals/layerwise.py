@@ -10,6 +10,8 @@ part of the network its own step size; :class:`LayerwiseALSALS` does so with ALS
 their qualified name in ``model.named_parameters()``: ``embed``, ``gru``, ``head``; ``0``, ``3``,
 ``6`` in an ``nn.Sequential``); a parameter registered on the model itself is a part of its own.
 The model is read inside ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile``.
+``part_of`` maps a qualified name to a part otherwise (a transformer whose blocks sit in one
+top-level module would be a single part, which is plain ALSALS: that warns).
 Each part has its own :class:`alsals.ALSALS` with the same settings (step size, anneal, average of
 the iterates, counters and resume state are that part's own).
 
@@ -20,6 +22,10 @@ the iterates, counters and resume state are that part's own).
    search along its own part of Adam's direction, only its parameters moving, every trial with the
    first evaluation's random draws), the end ``e_k`` is remembered and the part is put back at ``w0``;
 3. the parts move together (Jacobi: no part's search sees another's step).
+
+A part with no gradient in a step (frozen, or a branch the loss did not use) stays and is not
+stepped. A step whose first loss (averaged over the ranks) or gradient is not finite is skipped as
+a whole, counted once in ``skipped_steps``.
 
 **The combined step** (``combined_test=True``, the default). Steps acceptable one part at a time can
 add up to one that is not (each layer's step changes what the next one's does), so their sum is
@@ -47,7 +53,8 @@ combined trial's loss is averaged over the ranks like every trial of ALSALS.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+import warnings
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -73,37 +80,63 @@ def unwrapped(model: nn.Module) -> nn.Module:
             return model
 
 
-def split_by_top_level_module(model: nn.Module, groups: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
-    """The parameter groups ``groups`` split by the top-level module of ``model`` that holds each
-    parameter: part name -> its groups (each group's settings kept, empty groups dropped), in the
-    order the parts first appear. Raises ``ValueError`` for a parameter that is not ``model``'s."""
-    part_of = {id(p): name.split(".")[0] for name, p in unwrapped(model).named_parameters()}
+def top_level_module(name: str) -> str:
+    """The default part of a parameter: the first component of its qualified name."""
+    return name.split(".")[0]
+
+
+def split_by_top_level_module(model: nn.Module, groups: Sequence[Dict[str, Any]],
+                              part_of: Callable[[str], str] = top_level_module) -> Dict[str, List[Dict[str, Any]]]:
+    """The parameter groups ``groups`` split by part: ``part_of`` of each parameter's qualified name in
+    the (unwrapped) ``model``, by default the top-level module that holds it. Part name -> its groups
+    (each group's settings kept, empty groups dropped), in the order the parts first appear. Raises
+    ``ValueError`` for a parameter that is not ``model``'s."""
+    part_names = {id(p): part_of(name) for name, p in unwrapped(model).named_parameters()}
     parts: Dict[str, List[Dict[str, Any]]] = {}
     for group in groups:
         by_part: Dict[str, List[Tensor]] = {}
         for p in group["params"]:
-            if id(p) not in part_of:
+            if id(p) not in part_names:
                 raise ValueError(
                     f"LayerwiseALSALS: a parameter of shape {tuple(p.shape)} is not one of the model's "
                     "(model.named_parameters()); pass the model whose parameters you optimize."
                 )
-            by_part.setdefault(part_of[id(p)], []).append(p)
+            by_part.setdefault(str(part_names[id(p)]), []).append(p)
         for part, params in by_part.items():
             parts.setdefault(part, []).append({**group, "params": params})
     return parts
 
 
+def _tensors(params: Any) -> List[Tensor]:
+    """A group's parameters as tensors: a tensor, tensors, or ``(name, tensor)`` pairs."""
+    if isinstance(params, Tensor):
+        return [params]
+    out = []
+    for item in params:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Tensor):
+            item = item[1]  # model.named_parameters()
+        if not isinstance(item, Tensor):
+            raise TypeError(f"LayerwiseALSALS: a parameter must be a tensor, got {type(item).__name__}")
+        out.append(item)
+    return out
+
+
 def _as_groups(model: nn.Module, params: Optional[Iterable[Any]]) -> List[Dict[str, Any]]:
+    """``params`` as parameter groups: ``None`` (every parameter of ``model``), tensors, ``(name,
+    tensor)`` pairs, or dicts with ``"params"`` and per-group settings."""
     if params is None:
         return [{"params": list(model.parameters())}]
+    if isinstance(params, Tensor):
+        raise TypeError("LayerwiseALSALS: params should be an iterable of tensors or of parameter groups, "
+                        "not one tensor (e.g. model.parameters())")
     items = list(params)
     if not items:
         raise ValueError("LayerwiseALSALS got an empty parameter list")
     if all(isinstance(item, dict) for item in items):
-        return [{**group, "params": list(group["params"])} for group in items]
-    if all(isinstance(item, Tensor) for item in items):
-        return [{"params": items}]
-    raise TypeError("LayerwiseALSALS: params must be tensors or parameter-group dicts, not a mix")
+        return [{**group, "params": _tensors(group["params"])} for group in items]
+    if any(isinstance(item, dict) for item in items):
+        raise TypeError("LayerwiseALSALS: params must be all tensors or all parameter-group dicts, not a mix")
+    return [{"params": _tensors(items)}]
 
 
 class _FirstEvaluationGiven:
@@ -117,6 +150,8 @@ class _FirstEvaluationGiven:
         self._loss = loss
         self._grads = grads
         self._given = False
+        #: the part's trial evaluations (calls after the first)
+        self.trials = 0
         #: the trials' buffer protection watches the whole model (the first call runs no module)
         self.trial_modules = model
         self.forward_only_trials = forward_only_trials
@@ -127,6 +162,7 @@ class _FirstEvaluationGiven:
             for p, g in self._grads.items():
                 p.grad = g.clone()
             return self._loss
+        self.trials += 1
         return self._closure()
 
 
@@ -140,6 +176,10 @@ class LayerwiseALSALS:
             ``weight_decay``), all of them ``model``'s; ``None``: every parameter of ``model``.
         combined_test: test the parts' summed step on its own line with a carried scale (default);
             ``False``: apply the parts' steps as they are.
+        part_of: the part of a parameter from its qualified name in ``model.named_parameters()``
+            (default: the first component, its top-level module); e.g.
+            ``lambda name: ".".join(name.split(".")[:3])`` gives each block of a Hugging Face
+            transformer (``transformer.h.0``) its own part. A single part warns: it is plain ALSALS.
         **kwargs: settings of every part's :class:`alsals.ALSALS` (``total_steps``, ``preset``, ...).
 
     Use it like ALSALS: ``opt.step(closure)`` with a closure that returns the batch loss, ``eval()``
@@ -148,16 +188,22 @@ class LayerwiseALSALS:
     """
 
     def __init__(self, model: nn.Module, params: Optional[Iterable[Any]] = None, *, combined_test: bool = True,
-                 **kwargs: Any) -> None:
+                 part_of: Optional[Callable[[str], str]] = None, **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"LayerwiseALSALS needs the model (an nn.Module) first, got {type(model).__name__}")
         self.model = model
         self.combined_test = bool(combined_test)
-        self.parts: Dict[str, ALSALS] = {
-            name: ALSALS(groups, **kwargs) for name, groups in split_by_top_level_module(model, _as_groups(model, params)).items()
-        }
+        split = split_by_top_level_module(model, _as_groups(model, params), part_of or top_level_module)
+        self.parts: Dict[str, ALSALS] = {name: ALSALS(groups, **kwargs) for name, groups in split.items()}
         if not self.parts:
             raise ValueError("LayerwiseALSALS: the model has no parameters to optimize")
+        if len(self.parts) == 1:
+            warnings.warn(
+                f"LayerwiseALSALS found one part ({next(iter(self.parts))!r}): it steps as ALSALS does. Its parts "
+                "are the model's top-level modules; to split deeper pass part_of, e.g. "
+                "part_of=lambda name: '.'.join(name.split('.')[:3]) for a transformer's blocks.",
+                UserWarning, stacklevel=2,
+            )
         self.config = next(iter(self.parts.values())).config
         if any(opt._slope_weights for opt in self.parts.values()):
             raise ValueError("LayerwiseALSALS does not support sharded (FSDP2) parameters; use ALSALS there")
@@ -168,9 +214,11 @@ class LayerwiseALSALS:
         #: combined trials evaluated, and those that failed (a backtrack each)
         self.combined_trials = 0
         self.combined_cuts = 0
-        #: steps taken, and the backward passes of their shared first evaluations
+        #: steps taken, the model's forward and backward passes, steps skipped as a whole (non-finite)
         self._steps = 0
+        self._forwards = 0
         self._backward_passes = 0
+        self._skipped_steps = 0
 
     # -- what a user reads ----------------------------------------------------------------------
 
@@ -203,10 +251,10 @@ class LayerwiseALSALS:
         for opt in self.parts.values():
             for key, value in opt.counters.items():
                 total[key] = total.get(key, 0) + value
-        # each part counts the shared first evaluation as one of its own, with its backward pass
-        total["forward_evaluations"] += self._steps - len(self.parts) * self._steps + self.combined_trials
         total["steps"] = self._steps
+        total["forward_evaluations"] = self._forwards
         total["backward_passes"] = self._backward_passes
+        total["skipped_steps"] = total.get("skipped_steps", 0) + self._skipped_steps
         total["combined_trials"] = self.combined_trials
         total["combined_cuts"] = self.combined_cuts
         return total
@@ -230,7 +278,8 @@ class LayerwiseALSALS:
             "combined": {"scale": self.scale, "smoothed_decrease": self.smoothed_decrease,
                          "smoothed_prediction": self.smoothed_prediction,
                          "trials": self.combined_trials, "cuts": self.combined_cuts,
-                         "steps": self._steps, "backward_passes": self._backward_passes},
+                         "steps": self._steps, "forward_evaluations": self._forwards,
+                         "backward_passes": self._backward_passes, "skipped_steps": self._skipped_steps},
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -248,7 +297,9 @@ class LayerwiseALSALS:
         self.combined_trials = int(combined["trials"])
         self.combined_cuts = int(combined["cuts"])
         self._steps = int(combined["steps"])
+        self._forwards = int(combined["forward_evaluations"])
         self._backward_passes = int(combined["backward_passes"])
+        self._skipped_steps = int(combined["skipped_steps"])
 
     # -- the step -------------------------------------------------------------------------------
 
@@ -260,7 +311,12 @@ class LayerwiseALSALS:
 
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Tensor:
         """Evaluate the closure once with gradients, let every part search its own step from that
-        gradient, test their sum (``combined_test``) and move. Returns the first loss, detached."""
+        gradient, test their sum (``combined_test``) and move. Returns the first loss, detached.
+
+        A step whose first loss (averaged over the data-parallel ranks) or gradient is not finite is
+        skipped as a whole (no part moves or advances; ``skipped_steps`` counts it). A part that
+        gets no gradient in this step (frozen, or an unused branch) stays where it is. The first
+        evaluation's gradient is left in ``p.grad``, as ALSALS leaves it."""
         if closure is None or not callable(closure):
             raise TypeError("LayerwiseALSALS.step() needs a closure that returns the batch loss, as ALSALS does: "
                             "opt.step(lambda: loss_fn(model(x), y))")
@@ -275,31 +331,42 @@ class LayerwiseALSALS:
         loss = evaluator.first()
         after = RandomState(devices)
         self._steps += 1
+        self._forwards += 1
         self._backward_passes += evaluator.backward_passes
         with torch.no_grad():
-            buffers = [b.detach().clone() for b in self.model.buffers()]
             grads = {p: p.grad.detach().clone() for p in params if p.grad is not None}
-            starts = {name: [p.detach().clone() for p in self._params(name)] for name in self.parts}
         forward_only = not evaluator.trials_run_backward
+        loss0, found_inf = self._read_first(loss, list(grads.values()))
+        if not math.isfinite(loss0) or found_inf != 0.0:
+            self._skipped_steps += 1
+            return loss
+        with torch.no_grad():
+            buffers = [b.detach().clone() for b in self.model.buffers()]
+            starts = {name: [p.detach().clone() for p in self._params(name)] for name in self.parts}
         weights_before = {name: opt._search_state().average_weight for name, opt in self.parts.items()}
         ends: Dict[str, List[Tensor]] = {}
         predicted = 0.0
+        scale = 1.0
         try:
             for name, opt in self.parts.items():
+                part_grads = {p: grads[p] for p in self._params(name) if p in grads}
+                if not part_grads:  # frozen, or unused by this step's loss: the part stays
+                    ends[name] = starts[name]
+                    continue
                 before.restore()
-                opt.step(_FirstEvaluationGiven(closure, loss, {p: grads[p] for p in self._params(name) if p in grads},
-                                               self.model, forward_only))
+                given = _FirstEvaluationGiven(closure, loss, part_grads, self.model, forward_only)
+                opt.step(given)
+                self._forwards += given.trials
+                self._backward_passes += 0 if forward_only else given.trials
                 with torch.no_grad():
                     ends[name] = [p.detach().clone() for p in self._params(name)]
                     for p, w, e in zip(self._params(name), starts[name], ends[name]):
                         if self.combined_test and p in grads:
                             predicted -= float((grads[p] * (e - w)).sum())
                         p.copy_(w)
-            scale = 1.0
-            if self.combined_test and len(self.parts) > 1:
-                loss0 = self._mean_over_ranks(loss)
-            if self.combined_test and len(self.parts) > 1 and math.isfinite(loss0):
-                scale = self._combined_scale(closure, before, buffers, starts, ends, loss0, predicted)
+            moved = [name for name in self.parts if ends[name] is not starts[name]]
+            if self.combined_test and len(moved) > 1:
+                scale = self._combined_scale(closure, before, buffers, starts, ends, loss0, predicted, forward_only)
                 if scale != 1.0:
                     self._move_averages(starts, ends, weights_before, scale)
         except BaseException:
@@ -308,9 +375,22 @@ class LayerwiseALSALS:
         finally:
             self._restore_buffers(buffers)
             after.restore()
-            self.model.zero_grad(set_to_none=True)
+            for p in params:  # the first evaluation's gradient, as ALSALS leaves it
+                p.grad = grads.get(p)
         self._set(starts, ends, set(self.parts), scale)
         return loss
+
+    def _read_first(self, loss: Tensor, grads: List[Tensor]) -> Tuple[float, float]:
+        """The first loss averaged over the data-parallel ranks, and whether any rank's gradient has a
+        non-finite value (nonzero then), in one read."""
+        first = next(iter(self.parts.values()))
+        if grads:
+            finite = torch.stack([torch.isfinite(g).all().to(loss.device) for g in grads]).all()
+            found_inf = (~finite).to(torch.float64)
+        else:
+            found_inf = torch.zeros((), dtype=torch.float64, device=loss.device)
+        loss0, flag = first._read([loss.detach(), found_inf], num_means=2)
+        return loss0, flag
 
     def _restore_buffers(self, saved: List[Tensor]) -> None:
         with torch.no_grad():
@@ -329,12 +409,15 @@ class LayerwiseALSALS:
                     else:
                         p.copy_(w)
 
-    def _combined_loss(self, closure: Callable[[], Any], rng: RandomState, buffers: List[Tensor]) -> float:
+    def _combined_loss(self, closure: Callable[[], Any], rng: RandomState, buffers: List[Tensor],
+                       forward_only: bool) -> float:
         """The batch loss at the current weights with the step's random draws (averaged over the
         data-parallel ranks, as ALSALS reads its trials), the buffers put back."""
         rng.restore()
+        self._forwards += 1
+        self._backward_passes += 0 if forward_only else 1
         try:
-            with torch.no_grad():
+            with torch.no_grad() if forward_only else torch.enable_grad():  # LBFGS-style closures run backward
                 value = closure()
         finally:
             self._restore_buffers(buffers)
@@ -345,11 +428,12 @@ class LayerwiseALSALS:
     def _mean_over_ranks(self, loss: Tensor) -> float:
         """``loss`` read back, averaged over the data-parallel ranks (every rank then decides alike)."""
         first = next(iter(self.parts.values()))
-        return first._read([loss.detach()], num_means=1)[0]
+        value: float = first._read([loss.detach()], num_means=1)[0]
+        return value
 
     def _combined_scale(self, closure: Callable[[], Any], rng: RandomState, buffers: List[Tensor],
                         starts: Dict[str, List[Tensor]], ends: Dict[str, List[Tensor]], loss0: float,
-                        predicted: float) -> float:
+                        predicted: float, forward_only: bool) -> float:
         """The scale applied to the parts' summed step, and the carried scale after this step's test
         (module docstring); 0 when no trial passes or the prediction ``L`` is not positive."""
         config = self.config.search
@@ -359,7 +443,7 @@ class LayerwiseALSALS:
         for _ in range(MAX_COMBINED_TRIALS):
             self._set(starts, ends, self.parts, scale)
             self.combined_trials += 1
-            together = loss0 - self._combined_loss(closure, rng, buffers)
+            together = loss0 - self._combined_loss(closure, rng, buffers, forward_only)
             decrease = smooth(self.smoothed_decrease, together, config.smoothing)
             prediction = smooth(self.smoothed_prediction, scale * predicted, config.smoothing)
             if math.isfinite(together) and decrease >= config.c * prediction:
@@ -387,4 +471,4 @@ class LayerwiseALSALS:
                         average.add_((e - w) * ((scale - 1.0) * weight))
 
 
-__all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "split_by_top_level_module", "unwrapped"]
+__all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "split_by_top_level_module", "top_level_module", "unwrapped"]
