@@ -324,3 +324,11 @@ def test_part_of_splits_deeper_and_params_accept_named_parameters():
     assert list(grouped.parts) == ["0"] and grouped.param_groups[0]["weight_decay"] == 0.1
     with pytest.raises(TypeError, match="not one tensor"):
         alsals.LayerwiseALSALS(model, model[0].weight)
+
+
+def test_state_maps_every_trained_parameter_to_its_parts_state():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    _train(model, opt, _batches(2))
+    assert set(opt.state) == set(model.parameters())
+    assert all("exp_avg" in st for st in opt.state.values())

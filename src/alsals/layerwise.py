@@ -228,6 +228,12 @@ class LayerwiseALSALS:
         return [g for opt in self.parts.values() for g in opt.param_groups]
 
     @property
+    def state(self) -> Dict[Tensor, Dict[str, Any]]:
+        """Every part's per-parameter state (Adam's moments, the average) in one mapping, read only:
+        a new dict of the parts' ``opt.state`` entries."""
+        return {p: st for opt in self.parts.values() for p, st in opt.state.items()}
+
+    @property
     def step_sizes(self) -> Dict[str, float]:
         """Each part's carried step size."""
         return {name: opt.step_size for name, opt in self.parts.items()}
