@@ -37,6 +37,10 @@ ROW_ORDER = (
 ROW_NOTES = {
     "alsals": "ALSALS(total_steps=T), defaults chosen on the dev split",
     "alsals-anytime": "ALSALS(), no anneal; evaluated at its average of the iterates",
+    "alsals-layerwise-scaled": "LayerwiseALSALS(model, total_steps=T): one ALSALS per top-level module, the "
+    "summed step tested; records of the prototype, whose steps the library class reproduces bitwise; the "
+    "prototype's K parts take K backward passes, the library's one: its forwards are fwd − bwd + 1",
+    "alsals-layerwise-scaled-anytime": "LayerwiseALSALS(model): the same, no anneal; evaluated at its averages",
     "alsals-v0.1": "ALSALS(preset='v0.1', total_steps=T): the 0.1 defaults",
     "alsals-v0.1-anytime": "ALSALS(preset='v0.1'): the 0.1 defaults, no anneal, no average",
     "alsals-interpolate-only": "ablation: 0.1 + interpolated cuts (no increase), total_steps=T",
