@@ -332,3 +332,26 @@ def test_state_maps_every_trained_parameter_to_its_parts_state():
     _train(model, opt, _batches(2))
     assert set(opt.state) == set(model.parameters())
     assert all("exp_avg" in st for st in opt.state.values())
+
+
+def test_an_amortized_combined_test_runs_only_when_a_part_searches_and_reuses_the_scale_between():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=60, amortized_combined_test=True)
+    counts = {"forward": 0, "with_grad": 0}
+    for idx in _batches(60):
+        searching = any(opt._searches_now(name) for name in opt.parts)
+        before = opt.counters
+        scale = opt.scale
+        _train(model, opt, [idx], counts)
+        after = opt.counters
+        tested = after["combined_trials"] > before["combined_trials"]
+        assert searching or not tested  # (a searching step tests unless the prediction is not positive)
+        if not searching:  # the carried scale applied untested
+            assert after["combined_reused"] == before["combined_reused"] + 1 and opt.scale == scale
+    assert opt.counters["combined_reused"] > 20  # the parts' searches are amortized after their warm-up
+    assert opt.counters["forward_evaluations"] == counts["forward"]
+    every_step = alsals.LayerwiseALSALS(_model(), total_steps=60)
+    model2 = every_step.model
+    _train(model2, every_step, _batches(60))
+    assert every_step.counters["combined_reused"] == 0
+    assert opt.counters["forward_evaluations"] < every_step.counters["forward_evaluations"]

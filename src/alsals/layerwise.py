@@ -40,6 +40,10 @@ only undoes interaction, it never enlarges what the parts found) and backtracks 
 failure, for at most 31 trials; when all fail, or when ``L`` is not positive, the weights stay at
 ``w0`` (the parts' moments still advance, as after a failed search). The parts' step sizes are never
 cut by ``x``, so cuts cannot compound. This costs one forward per step (and one per backtrack).
+With ``amortized_combined_test=True`` the summed step is tested only in steps where some part
+searches; in the others the carried scale is applied untested (``combined_reused`` counts them), as
+ALSALS's amortized steps reuse the step size its last search accepted: the scale is the step size of
+the summed direction, searched when the parts search and reused between.
 Not told the run's length, each part's average of the iterates follows the step applied: where a
 part sampled its average at this step, the sample is moved by ``(x − 1)·s_k``, weighted by its share.
 
@@ -61,7 +65,7 @@ from torch import Tensor, nn
 
 from .closure import ClosureEvaluator, RandomState
 from .optimizer import ALSALS
-from .search import smooth
+from .search import plan, smooth
 
 #: the most trials of the combined step in one step (as ALSALS's own search)
 MAX_COMBINED_TRIALS = 31
@@ -176,6 +180,8 @@ class LayerwiseALSALS:
             ``weight_decay``), all of them ``model``'s; ``None``: every parameter of ``model``.
         combined_test: test the parts' summed step on its own line with a carried scale (default);
             ``False``: apply the parts' steps as they are.
+        amortized_combined_test: test the summed step only in steps where a part searches, and
+            reuse the carried scale in the others (fewer forwards; off by default).
         part_of: the part of a parameter from its qualified name in ``model.named_parameters()``
             (default: the first component, its top-level module); e.g.
             ``lambda name: ".".join(name.split(".")[:3])`` gives each block of a Hugging Face
@@ -188,11 +194,13 @@ class LayerwiseALSALS:
     """
 
     def __init__(self, model: nn.Module, params: Optional[Iterable[Any]] = None, *, combined_test: bool = True,
-                 part_of: Optional[Callable[[str], str]] = None, **kwargs: Any) -> None:
+                 part_of: Optional[Callable[[str], str]] = None, amortized_combined_test: bool = False,
+                 **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"LayerwiseALSALS needs the model (an nn.Module) first, got {type(model).__name__}")
         self.model = model
         self.combined_test = bool(combined_test)
+        self.amortized_combined_test = bool(amortized_combined_test)
         split = split_by_top_level_module(model, _as_groups(model, params), part_of or top_level_module)
         self.parts: Dict[str, ALSALS] = {name: ALSALS(groups, **kwargs) for name, groups in split.items()}
         if not self.parts:
@@ -211,9 +219,11 @@ class LayerwiseALSALS:
         self.scale = 1.0
         self.smoothed_decrease = 0.0
         self.smoothed_prediction = 0.0
-        #: combined trials evaluated, and those that failed (a backtrack each)
+        #: combined trials evaluated, those that failed (a backtrack each), and combined steps that
+        #: reused the carried scale untested (amortized_combined_test)
         self.combined_trials = 0
         self.combined_cuts = 0
+        self.combined_reused = 0
         #: steps taken, the model's forward and backward passes, steps skipped as a whole (non-finite)
         self._steps = 0
         self._forwards = 0
@@ -263,6 +273,7 @@ class LayerwiseALSALS:
         total["skipped_steps"] = total.get("skipped_steps", 0) + self._skipped_steps
         total["combined_trials"] = self.combined_trials
         total["combined_cuts"] = self.combined_cuts
+        total["combined_reused"] = self.combined_reused
         return total
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -283,7 +294,7 @@ class LayerwiseALSALS:
             "parts": {name: opt.state_dict() for name, opt in self.parts.items()},
             "combined": {"scale": self.scale, "smoothed_decrease": self.smoothed_decrease,
                          "smoothed_prediction": self.smoothed_prediction,
-                         "trials": self.combined_trials, "cuts": self.combined_cuts,
+                         "trials": self.combined_trials, "cuts": self.combined_cuts, "reused": self.combined_reused,
                          "steps": self._steps, "forward_evaluations": self._forwards,
                          "backward_passes": self._backward_passes, "skipped_steps": self._skipped_steps},
         }
@@ -302,6 +313,7 @@ class LayerwiseALSALS:
         self.smoothed_prediction = float(combined["smoothed_prediction"])
         self.combined_trials = int(combined["trials"])
         self.combined_cuts = int(combined["cuts"])
+        self.combined_reused = int(combined.get("reused", 0))
         self._steps = int(combined["steps"])
         self._forwards = int(combined["forward_evaluations"])
         self._backward_passes = int(combined["backward_passes"])
@@ -350,6 +362,10 @@ class LayerwiseALSALS:
             buffers = [b.detach().clone() for b in self.model.buffers()]
             starts = {name: [p.detach().clone() for p in self._params(name)] for name in self.parts}
         weights_before = {name: opt._search_state().average_weight for name, opt in self.parts.items()}
+        stepping = [name for name in self.parts if any(p in grads for p in self._params(name))]
+        # amortized_combined_test: the summed step is tested only when a part searches in this step
+        testing = self.combined_test and len(stepping) > 1 and (
+            not self.amortized_combined_test or any(self._searches_now(name) for name in stepping))
         ends: Dict[str, List[Tensor]] = {}
         predicted = 0.0
         scale = 1.0
@@ -367,14 +383,16 @@ class LayerwiseALSALS:
                 with torch.no_grad():
                     ends[name] = [p.detach().clone() for p in self._params(name)]
                     for p, w, e in zip(self._params(name), starts[name], ends[name]):
-                        if self.combined_test and p in grads:
+                        if testing and p in grads:
                             predicted -= float((grads[p] * (e - w)).sum())
                         p.copy_(w)
-            moved = [name for name in self.parts if ends[name] is not starts[name]]
-            if self.combined_test and len(moved) > 1:
+            if testing:
                 scale = self._combined_scale(closure, before, buffers, starts, ends, loss0, predicted, forward_only)
-                if scale != 1.0:
-                    self._move_averages(starts, ends, weights_before, scale)
+            elif self.combined_test and len(stepping) > 1:  # amortized: the carried scale, untested
+                scale = self.scale
+                self.combined_reused += 1
+            if scale != 1.0:
+                self._move_averages(starts, ends, weights_before, scale)
         except BaseException:
             self._set(starts, starts, set(), 1.0)  # an exception leaves the weights at w0
             raise
@@ -385,6 +403,11 @@ class LayerwiseALSALS:
                 p.grad = grads.get(p)
         self._set(starts, ends, set(self.parts), scale)
         return loss
+
+    def _searches_now(self, name: str) -> bool:
+        """Whether part ``name``'s optimizer will search in its next step (its plan, from its state)."""
+        opt = self.parts[name]
+        return plan(opt._search_state(), opt.config.search, opt.config.amortization).search
 
     def _read_first(self, loss: Tensor, grads: List[Tensor]) -> Tuple[float, float]:
         """The first loss averaged over the data-parallel ranks, and whether any rank's gradient has a

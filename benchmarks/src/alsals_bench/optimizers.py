@@ -645,11 +645,13 @@ for _name, _told, _joint, _scaled in (
     ))
 
 
-def _layerwise_library_factory(knows_total_steps: bool):
+def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test: bool = False):
     def factory(model, ctx: RunContext) -> Built:
         import alsals
 
-        args = {"total_steps": ctx.total_steps} if knows_total_steps else {}
+        args: dict[str, Any] = {"total_steps": ctx.total_steps} if knows_total_steps else {}
+        if amortized_combined_test:
+            args["amortized_combined_test"] = True
         groups = decay_groups(model, ctx.weight_decay)
         opt = alsals.LayerwiseALSALS(model, groups, **args)
         return Built(opt, None, {"class": "alsals.LayerwiseALSALS", "arguments": args, "shared_backward": True,
@@ -660,11 +662,16 @@ def _layerwise_library_factory(knows_total_steps: bool):
 
 # The library's LayerwiseALSALS (eighth round): the "-scaled" prototype's steps bitwise
 # (benchmarks/tests/test_layerwise.py) with one backward pass per step, shared by the parts.
-for _name, _told in (("alsals-layerwise-lib", True), ("alsals-layerwise-lib-anytime", False)):
+# "-amortized": the summed step tested only in steps where a part searches (amortized_combined_test).
+for _name, _told, _amortized in (("alsals-layerwise-lib", True, False), ("alsals-layerwise-lib-anytime", False, False),
+                                 ("alsals-layerwise-lib-amortized", True, True),
+                                 ("alsals-layerwise-lib-amortized-anytime", False, True)):
     register_optimizer(OptimizerSpec(
-        name=_name, factory=_layerwise_library_factory(_told), protocol="alsals", family="alsals",
+        name=_name, factory=_layerwise_library_factory(_told, _amortized), protocol="alsals", family="alsals",
         description="alsals.LayerwiseALSALS: one ALSALS (defaults) per top-level module, one shared backward per "
-        "step, the combined step tested on its own line with a carried scale (the alsals-layerwise-scaled steps)"
+        "step, the combined step tested on its own line with a carried scale"
+        + (" only in steps where a part searches (amortized_combined_test=True)" if _amortized
+           else " (the alsals-layerwise-scaled steps)")
         + (", told the run's length (total_steps=T)" if _told else ", no anneal, evaluated at its average"),
         step_size=_alsals_step, knows_total_steps=_told,
     ))
