@@ -355,3 +355,26 @@ def test_an_amortized_combined_test_runs_only_when_a_part_searches_and_reuses_th
     _train(model2, every_step, _batches(60))
     assert every_step.counters["combined_reused"] == 0
     assert opt.counters["forward_evaluations"] < every_step.counters["forward_evaluations"]
+
+
+def test_part_of_blocks_gives_each_repeated_block_its_own_part():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(6, 8)
+            self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(2)])
+            self.head = nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = self.embed(x)
+            for block in self.blocks:
+                h = h + block(h)
+            return self.head(h)
+
+    model = Tiny()
+    opt = alsals.LayerwiseALSALS(model, part_of="blocks")
+    assert list(opt.parts) == ["embed", "blocks.0", "blocks.1", "head"]
+    _train(model, opt, _batches(3))
+    assert list(alsals.LayerwiseALSALS(_model(), part_of="blocks").parts) == ["0", "1", "4"]  # a Sequential model
+    with pytest.raises(ValueError, match="part_of"):
+        alsals.LayerwiseALSALS(model, part_of="layers")

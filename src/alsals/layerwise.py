@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -87,6 +87,24 @@ def unwrapped(model: nn.Module) -> nn.Module:
 def top_level_module(name: str) -> str:
     """The default part of a parameter: the first component of its qualified name."""
     return name.split(".")[0]
+
+
+def repeated_blocks(model: nn.Module) -> Callable[[str], str]:
+    """The part rule ``part_of="blocks"``: a parameter's top-level module, except that inside it an
+    element of an ``nn.ModuleList`` or ``nn.Sequential`` (a transformer's or ResNet's repeated block:
+    ``blocks.0``, ``transformer.h.3``) is a part of its own. A model that is itself an
+    ``nn.Sequential`` keeps its top-level layers (``0``, ``3``) as parts."""
+    containers = {name for name, module in unwrapped(model).named_modules()
+                  if name and isinstance(module, (nn.ModuleList, nn.Sequential))}
+
+    def part_of(name: str) -> str:
+        components = name.split(".")
+        for i in range(1, len(components) - 1):
+            if ".".join(components[:i]) in containers:
+                return ".".join(components[: i + 1])
+        return components[0]
+
+    return part_of
 
 
 def split_by_top_level_module(model: nn.Module, groups: Sequence[Dict[str, Any]],
@@ -182,8 +200,9 @@ class LayerwiseALSALS:
             ``False``: apply the parts' steps as they are.
         amortized_combined_test: test the summed step only in steps where a part searches, and
             reuse the carried scale in the others (fewer forwards; off by default).
-        part_of: the part of a parameter from its qualified name in ``model.named_parameters()``
-            (default: the first component, its top-level module); e.g.
+        part_of: ``"top"`` (default: a parameter's top-level module), ``"blocks"`` (also each element
+            of a ``ModuleList``/``Sequential`` inside one: :func:`repeated_blocks`), or the part of a
+            parameter from its qualified name in ``model.named_parameters()``; e.g.
             ``lambda name: ".".join(name.split(".")[:3])`` gives each block of a Hugging Face
             transformer (``transformer.h.0``) its own part. A single part warns: it is plain ALSALS.
         **kwargs: settings of every part's :class:`alsals.ALSALS` (``total_steps``, ``preset``, ...).
@@ -194,14 +213,23 @@ class LayerwiseALSALS:
     """
 
     def __init__(self, model: nn.Module, params: Optional[Iterable[Any]] = None, *, combined_test: bool = True,
-                 part_of: Optional[Callable[[str], str]] = None, amortized_combined_test: bool = False,
+                 part_of: Union[None, str, Callable[[str], str]] = None, amortized_combined_test: bool = False,
                  **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"LayerwiseALSALS needs the model (an nn.Module) first, got {type(model).__name__}")
         self.model = model
         self.combined_test = bool(combined_test)
         self.amortized_combined_test = bool(amortized_combined_test)
-        split = split_by_top_level_module(model, _as_groups(model, params), part_of or top_level_module)
+        if part_of is None or part_of == "top":
+            rule: Callable[[str], str] = top_level_module
+        elif part_of == "blocks":
+            rule = repeated_blocks(model)
+        elif callable(part_of):
+            rule = part_of
+        else:
+            raise ValueError(f"LayerwiseALSALS: part_of must be 'top', 'blocks' or a function of a parameter's "
+                             f"name, got {part_of!r}")
+        split = split_by_top_level_module(model, _as_groups(model, params), rule)
         self.parts: Dict[str, ALSALS] = {name: ALSALS(groups, **kwargs) for name, groups in split.items()}
         if not self.parts:
             raise ValueError("LayerwiseALSALS: the model has no parameters to optimize")
@@ -500,4 +528,5 @@ class LayerwiseALSALS:
                         average.add_((e - w) * ((scale - 1.0) * weight))
 
 
-__all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "split_by_top_level_module", "top_level_module", "unwrapped"]
+__all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "repeated_blocks", "split_by_top_level_module", "top_level_module",
+           "unwrapped"]

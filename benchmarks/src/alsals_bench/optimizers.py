@@ -645,13 +645,16 @@ for _name, _told, _joint, _scaled in (
     ))
 
 
-def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test: bool = False):
+def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test: bool = False,
+                               part_of: str = "top"):
     def factory(model, ctx: RunContext) -> Built:
         import alsals
 
         args: dict[str, Any] = {"total_steps": ctx.total_steps} if knows_total_steps else {}
         if amortized_combined_test:
             args["amortized_combined_test"] = True
+        if part_of != "top":
+            args["part_of"] = part_of
         groups = decay_groups(model, ctx.weight_decay)
         opt = alsals.LayerwiseALSALS(model, groups, **args)
         return Built(opt, None, {"class": "alsals.LayerwiseALSALS", "arguments": args, "shared_backward": True,
@@ -672,6 +675,16 @@ for _name, _told, _amortized in (("alsals-layerwise-lib", True, False), ("alsals
         "step, the combined step tested on its own line with a carried scale"
         + (" only in steps where a part searches (amortized_combined_test=True)" if _amortized
            else " (the alsals-layerwise-scaled steps)")
+        + (", told the run's length (total_steps=T)" if _told else ", no anneal, evaluated at its average"),
+        step_size=_alsals_step, knows_total_steps=_told,
+    ))
+
+# "-blocks": part_of="blocks", each repeated block of a transformer or ResNet its own part (eighth round).
+for _name, _told in (("alsals-layerwise-lib-blocks", True), ("alsals-layerwise-lib-blocks-anytime", False)):
+    register_optimizer(OptimizerSpec(
+        name=_name, factory=_layerwise_library_factory(_told, part_of="blocks"), protocol="alsals", family="alsals",
+        description="alsals.LayerwiseALSALS(part_of='blocks'): one ALSALS (defaults) per top-level module and per "
+        "element of a ModuleList/Sequential inside one, the combined step tested at every step"
         + (", told the run's length (total_steps=T)" if _told else ", no anneal, evaluated at its average"),
         step_size=_alsals_step, knows_total_steps=_told,
     ))
