@@ -10,8 +10,10 @@ part of the network its own step size; :class:`LayerwiseALSALS` does so with ALS
 their qualified name in ``model.named_parameters()``: ``embed``, ``gru``, ``head``; ``0``, ``3``,
 ``6`` in an ``nn.Sequential``); a parameter registered on the model itself is a part of its own.
 The model is read inside ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile``.
-``part_of`` maps a qualified name to a part otherwise (a transformer whose blocks sit in one
-top-level module would be a single part, which is plain ALSALS: that warns).
+``part_of="blocks"`` also splits the elements of a ``ModuleList``/``Sequential`` inside a top-level
+module (:func:`repeated_blocks`), and a function maps a qualified name to a part (a transformer
+whose blocks sit in one top-level module is otherwise a single part, which is plain ALSALS: that
+warns).
 Each part has its own :class:`alsals.ALSALS` with the same settings (step size, anneal, average of
 the iterates, counters and resume state are that part's own).
 
@@ -43,7 +45,9 @@ cut by ``x``, so cuts cannot compound. This costs one forward per step (and one 
 With ``amortized_combined_test=True`` the summed step is tested only in steps where some part
 searches; in the others the carried scale is applied untested (``combined_reused`` counts them), as
 ALSALS's amortized steps reuse the step size its last search accepted: the scale is the step size of
-the summed direction, searched when the parts search and reused between.
+the summed direction, searched when the parts search and reused between. Measured on the
+benchmark's dev split it loses most of the gain (docs/benchmarks.md, "Eighth round"): the layers'
+interaction changes from step to step, so it is off by default.
 Not told the run's length, each part's average of the iterates follows the step applied: where a
 part sampled its average at this step, the sample is moved by ``(x − 1)·s_k``, weighted by its share.
 

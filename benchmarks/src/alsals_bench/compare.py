@@ -340,20 +340,21 @@ def summarize(runs: Sequence[dict]) -> dict:
 #: the configurations the defaults are chosen among (docs/benchmarks.md, "Ablations"): told the
 #: run's length, and not told it; since the seventh round with the per-layer prototype's rows
 #: (alsals_bench.layerwise: one ALSALS per top-level module), which ran on the dev split first, and
-#: since the eighth round the library's LayerwiseALSALS with an amortized combined test
+#: since the eighth round the library's LayerwiseALSALS with an amortized combined test and with
+#: part_of="blocks"
 DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase-only", "alsals-two-way",
                       "alsals-batch-increase", "alsals-recover", "alsals-match-warmup", "alsals-match-always",
                       "alsals-smooth-per-step", "alsals-no-amortisation", "alsals-doubling", "alsals-interval10",
                       "alsals-cut-per-step", "alsals-growth-per-search", "alsals-doubling-interval10",
                       "alsals-doubling-interpolate", "alsals-layerwise", "alsals-layerwise-joint",
-                      "alsals-layerwise-scaled", "alsals-layerwise-lib-amortized")
+                      "alsals-layerwise-scaled", "alsals-layerwise-lib-amortized", "alsals-layerwise-lib-blocks")
 ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average", "alsals-two-way-anytime",
                       "alsals-anytime", "alsals-batch-increase-anytime", "alsals-recover-anytime",
                       "alsals-match-warmup-anytime", "alsals-smooth-per-step-anytime", "alsals-doubling-anytime",
                       "alsals-interval10-anytime", "alsals-cut-per-step-anytime", "alsals-growth-per-search-anytime",
                       "alsals-doubling-interval10-anytime", "alsals-doubling-interpolate-anytime",
                       "alsals-layerwise-anytime", "alsals-layerwise-joint-anytime", "alsals-layerwise-scaled-anytime",
-                      "alsals-layerwise-lib-amortized-anytime")
+                      "alsals-layerwise-lib-amortized-anytime", "alsals-layerwise-lib-blocks-anytime")
 
 
 def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> list[dict]:
