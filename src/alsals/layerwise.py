@@ -67,7 +67,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from .closure import ClosureEvaluator, RandomState
+from .closure import ClosureEvaluator, RandomState, check_loss
 from .optimizer import ALSALS
 from .search import plan, smooth
 
@@ -424,7 +424,7 @@ class LayerwiseALSALS:
                 scale = self.scale
                 self.combined_reused += 1
             if scale != 1.0:
-                self._move_averages(starts, ends, weights_before, scale)
+                move_averages(self.parts, starts, ends, weights_before, scale)
         except BaseException:
             self._set(starts, starts, set(), 1.0)  # an exception leaves the weights at w0
             raise
@@ -482,9 +482,7 @@ class LayerwiseALSALS:
                 value = closure()
         finally:
             self._restore_buffers(buffers)
-        if not isinstance(value, Tensor):
-            raise TypeError("The closure passed to LayerwiseALSALS.step() must return the loss as a scalar tensor")
-        return self._mean_over_ranks(value)
+        return self._mean_over_ranks(check_loss(value, type(self).__name__))
 
     def _mean_over_ranks(self, loss: Tensor) -> float:
         """``loss`` read back, averaged over the data-parallel ranks (every rank then decides alike)."""
@@ -516,21 +514,25 @@ class LayerwiseALSALS:
         self.scale = scale
         return 0.0
 
-    def _move_averages(self, starts: Dict[str, List[Tensor]], ends: Dict[str, List[Tensor]],
-                       weights_before: Dict[str, float], scale: float) -> None:
-        """Where a part sampled its average at this step, move the sample from the part's own end to
-        the end applied: ``x̄ += w·(x − 1)·s_k``, ``w`` the sample's share of the new total weight."""
-        for name, opt in self.parts.items():
-            state = opt._search_state()
-            if not opt.config.averages or state.average_step != state.steps or state.average_weight <= 0:
-                continue
-            weight = (state.average_weight - weights_before[name]) / state.average_weight
-            with torch.no_grad():
-                for p, w, e in zip(self._params(name), starts[name], ends[name]):
-                    average = opt.state[p].get("average")
-                    if average is not None:
-                        average.add_((e - w) * ((scale - 1.0) * weight))
+
+def move_averages(parts: Dict[str, ALSALS], starts: Dict[str, List[Tensor]], ends: Dict[str, List[Tensor]],
+                  weights_before: Dict[str, float], scale: float) -> None:
+    """Where a part sampled its average of the iterates at this step, move the sample from the part's
+    own end to the end applied: ``x̄ += w·(x − 1)·s_k``, ``w`` the sample's share of the new total
+    weight (``weights_before``: each part's total weight before the step). ``parts``: part name ->
+    its optimizer, ``starts``/``ends``: its parameters before the step and where its search ended."""
+    for name, opt in parts.items():
+        state = opt._search_state()
+        if not opt.config.averages or state.average_step != state.steps or state.average_weight <= 0:
+            continue
+        weight = (state.average_weight - weights_before[name]) / state.average_weight
+        params = [p for g in opt.param_groups for p in g["params"]]
+        with torch.no_grad():
+            for p, w, e in zip(params, starts[name], ends[name]):
+                average = opt.state[p].get("average")
+                if average is not None:
+                    average.add_((e - w) * ((scale - 1.0) * weight))
 
 
-__all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "repeated_blocks", "split_by_top_level_module", "top_level_module",
-           "unwrapped"]
+__all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "move_averages", "repeated_blocks", "split_by_top_level_module",
+           "top_level_module", "unwrapped"]

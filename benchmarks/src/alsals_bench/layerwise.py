@@ -61,22 +61,16 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from alsals.layerwise import move_averages, split_by_top_level_module
 from alsals.search import smooth
 from torch import nn
 
 
 def parts_of(model: nn.Module, groups: Sequence[dict]) -> dict[str, list[dict]]:
     """The parameter groups ``groups`` split by top-level module: part name -> its groups (each
-    group's settings kept, empty groups dropped), in the order the parts first appear."""
-    part_of = {id(p): name.split(".")[0] for name, p in model.named_parameters()}
-    parts: dict[str, list[dict]] = {}
-    for group in groups:
-        by_part: dict[str, list] = {}
-        for p in group["params"]:
-            by_part.setdefault(part_of[id(p)], []).append(p)
-        for part, params in by_part.items():
-            parts.setdefault(part, []).append({**group, "params": params})
-    return parts
+    group's settings kept, empty groups dropped), in the order the parts first appear (the
+    library's :func:`alsals.layerwise.split_by_top_level_module`)."""
+    return split_by_top_level_module(model, groups)
 
 
 class LayerwiseALSALS:
@@ -201,7 +195,7 @@ class LayerwiseALSALS:
             elif self.scaled:
                 scale = self._carried_scale(closure, rng, buffers, starts, ends, float(first_loss), predicted)
                 if scale != 1.0:
-                    self._move_averages(starts, ends, weights_before, scale)
+                    move_averages(self.parts, starts, ends, weights_before, scale)
         self._set(starts, ends, set(self.parts), scale)
         self._restore_buffers(kept_buffers)
         return first_loss
@@ -226,20 +220,6 @@ class LayerwiseALSALS:
             scale = max(scale * config.backtrack, config.min_step_size)
         self.scale = scale
         return 0.0
-
-    def _move_averages(self, starts, ends, weights_before: dict, scale: float) -> None:
-        """Where a part sampled its average at this step, move the sample from the part's own end to
-        the end applied: ``x̄ += w·(x − 1)·s_k``, ``w`` the sample's share of the new total weight."""
-        for name, opt in self.parts.items():
-            state = opt._search_state()
-            if not opt.config.averages or state.average_step != state.steps or state.average_weight <= 0:
-                continue
-            weight = (state.average_weight - weights_before[name]) / state.average_weight
-            with torch.no_grad():
-                for p, w, e in zip(self._params(name), starts[name], ends[name]):
-                    avg = opt.state[p].get("average")
-                    if avg is not None:
-                        avg.add_((e - w) * ((scale - 1.0) * weight))
 
     def _joint_scale(self, closure, rng, buffers, starts, ends, loss0: float) -> float:
         """The factor ``x`` of the combined step (module docstring), and the parts' step sizes cut by it."""
