@@ -646,7 +646,7 @@ for _name, _told, _joint, _scaled in (
 
 
 def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test: bool = False,
-                               part_of: str = "top"):
+                               part_of: str = "top", anneal: str | None = None):
     def factory(model, ctx: RunContext) -> Built:
         import alsals
 
@@ -655,6 +655,8 @@ def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test:
             args["amortized_combined_test"] = True
         if part_of != "top":
             args["part_of"] = part_of
+        if anneal is not None:
+            args["anneal"] = anneal
         groups = decay_groups(model, ctx.weight_decay)
         opt = alsals.LayerwiseALSALS(model, groups, **args)
         return Built(opt, None, {"class": "alsals.LayerwiseALSALS", "arguments": args, "shared_backward": True,
@@ -688,6 +690,19 @@ for _name, _told in (("alsals-layerwise-lib-blocks", True), ("alsals-layerwise-l
         + (", told the run's length (total_steps=T)" if _told else ", no anneal, evaluated at its average"),
         step_size=_alsals_step, knows_total_steps=_told,
     ))
+
+
+# "-linear" (ninth round): the told per-layer optimizer with the linear decay to zero over the whole run
+# instead of the default warmup-stable-decay's last 20% (its regression loss is a gradient-noise floor).
+register_optimizer(OptimizerSpec(
+    name="alsals-layerwise-lib-linear", factory=_layerwise_library_factory(True, anneal="linear"),
+    protocol="alsals", family="alsals",
+    description="alsals.LayerwiseALSALS(anneal='linear'): the per-layer optimizer told the run's length "
+    "(total_steps=T), its committed steps decayed linearly to zero over the whole run",
+    step_size=_alsals_step, knows_total_steps=True,
+))
+# The ALSALS defaults with the same linear decay (ninth round), for the ablation on one optimizer.
+register_alsals_variant("alsals-anneal-linear", anneal="linear", knows_total_steps=True)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -57,6 +57,9 @@ ROW_NOTES = {
     "alsals-match-warmup-anytime": "ablation: warm-up searches matched, no anneal, evaluated at its average",
     "alsals-cosine": "ablation: ALSALS(anneal='cosine', total_steps=T)",
     "alsals-linear": "ablation: ALSALS(anneal='linear', total_steps=T)",
+    "alsals-anneal-linear": "ablation: ALSALS(anneal='linear', total_steps=T) on today's defaults",
+    "alsals-layerwise-lib-linear": "LayerwiseALSALS(model, anneal='linear', total_steps=T): the per-layer "
+    "optimizer with the linear decay to zero over the run",
     "alsals-smooth-per-step": "ablation: 0.1 + the smoothing's memory counted in steps, total_steps=T",
     "alsals-smooth-per-step-anytime": "ablation: the same, no anneal, evaluated at its average",
     "alsals-doubling": "ablation: 0.1 + the doubling interval rule (any cut: search again next step), total_steps=T",
