@@ -345,3 +345,99 @@ def test_evaluate_average_validates_and_checkpoints_the_average_and_trains_at_th
     opt2 = alsals_optimizers(trainer2)[0]
     assert opt2.counters["steps"] == 33 and not opt2.search_state["averaged_in"]
     assert all(torch.isfinite(p).all() for p in resumed.parameters())
+
+
+# --------------------------------------------------------------------------------------------------
+# LayerwiseALSALS (a torch.optim.Optimizer: configure_optimizers may return it)
+
+
+class LayerwiseAutomatic(L.LightningModule):
+    """Two top-level modules, two parts: ``hidden`` and ``out``."""
+
+    def __init__(self, schedule=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden = nn.Sequential(nn.Linear(8, 32), nn.Tanh())
+        self.out = nn.Linear(32, 1)
+        self.schedule = schedule
+
+    def forward(self, x):
+        return self.out(self.hidden(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.mse_loss(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        opt = alsals.LayerwiseALSALS(self)
+        if not self.schedule:
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class LayerwiseForwardOnly(ForwardOnlyTrials, LayerwiseAutomatic):
+    pass
+
+
+class LayerwiseManual(LayerwiseAutomatic):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.optimizers().step(lambda: F.mse_loss(self(x), y))
+        self.log("train_loss", loss)
+
+
+def layerwise_full_loss(model):
+    x, y = next(iter(regression_loader(batch_size=512)))
+    with torch.no_grad():
+        return F.mse_loss(model(x), y).item()
+
+
+def test_layerwise_steps_in_lightning_as_in_a_plain_loop(tmp_path):
+    """Automatic (a backward per trial), automatic with the ForwardOnlyTrials mixin, and manual
+    optimisation give the weights of LayerwiseALSALS in a plain loop over the same batches; the
+    StepSizeLogger logs each part's step size and the combined step's scale."""
+    steps = 16
+    reference = LayerwiseAutomatic()
+    opt = alsals.LayerwiseALSALS(reference)
+    start = layerwise_full_loss(reference)
+    for (x, y), _ in zip(regression_loader(), range(steps)):
+        opt.step(lambda: F.mse_loss(reference(x), y))
+    assert layerwise_full_loss(reference) < 0.5 * start
+    expected = torch.cat([p.detach().flatten() for p in reference.parameters()])
+    for module in (LayerwiseAutomatic, LayerwiseForwardOnly, LayerwiseManual):
+        model = module()
+        trainer = fit(model, make_trainer(tmp_path / module.__name__, max_steps=steps, callbacks=[StepSizeLogger()]))
+        lightning_opt = alsals_optimizers(trainer)[0]
+        assert isinstance(lightning_opt, alsals.LayerwiseALSALS) and list(lightning_opt.parts) == ["hidden", "out"]
+        assert lightning_opt.counters["steps"] == steps
+        got = torch.cat([p.detach().flatten() for p in model.parameters()])
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert lightning_opt.step_sizes == pytest.approx(opt.step_sizes, rel=1e-5)
+        rows = read_metrics(trainer)
+        for part, size in opt.step_sizes.items():
+            logged = column(rows, f"alsals/step_size/{part}")
+            assert len(logged) == steps and logged[-1] == pytest.approx(size, rel=1e-5)
+        assert column(rows, "alsals/combined_scale")[-1] == pytest.approx(opt.scale, rel=1e-5)
+        assert sum(column(rows, "alsals/forward_evaluations")) == lightning_opt.counters["forward_evaluations"]
+
+
+def test_layerwise_lr_scheduler_drives_every_part_and_checkpoints_resume(tmp_path):
+    model = LayerwiseForwardOnly(schedule=True)
+    trainer = fit(model, make_trainer(tmp_path, max_steps=10, logger=False))
+    opt = alsals_optimizers(trainer)[0]
+    # the scheduler's multiplier reached every part's groups (the same dicts)
+    assert all(g["lr"] == pytest.approx(1.0 / 11) for part in opt.parts.values() for g in part.param_groups)
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)["optimizer_states"][0]
+    fresh = alsals.LayerwiseALSALS(LayerwiseAutomatic())
+    fresh.load_state_dict(saved)
+    assert fresh.step_sizes == opt.step_sizes and fresh.counters == opt.counters
+    assert fresh.search_state["last_loss"] == opt.search_state["last_loss"]

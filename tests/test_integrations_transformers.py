@@ -308,3 +308,33 @@ def test_logged_values_after_resume_from_checkpoint_average_the_same_window(tmp_
     for step in (8, 12):  # the window of step 8 is steps 5..8, as in the uninterrupted run
         for key in ("alsals_forward_evaluations", "alsals_backtracks", "alsals_step_size"):
             assert resumed[step][key] == pytest.approx(full[step][key], rel=1e-6), (step, key)
+
+
+def test_layerwise_trainer_gives_each_block_its_step_size_and_follows_the_schedule(tmp_path):
+    """ALSALSTrainer(layerwise=True, alsals_kwargs={"part_of": "blocks"}) trains with LayerwiseALSALS
+    over the Trainer's weight-decay groups: a part per GPT-2 block and the rest of the transformer,
+    one backward per step, the scheduler's multiplier in every part's groups; a LayerwiseALSALS given
+    through ``optimizers=`` is stepped as it is."""
+    trainer = ALSALSTrainer(model=tiny_gpt2(), args=training_args(tmp_path), train_dataset=CountingSequences(),
+                            layerwise=True, alsals_kwargs={"part_of": "blocks"})
+    trainer.train()
+    opt = trainer.alsals_optimizer
+    assert isinstance(opt, alsals.LayerwiseALSALS)
+    assert list(opt.parts) == ["transformer", "transformer.h.0", "transformer.h.1"]
+    counters = opt.counters
+    assert counters["steps"] == 20 and counters["backward_passes"] == 20  # trials and combined trials forward-only
+    assert counters["combined_trials"] >= 20
+    assert len(set(opt.step_sizes.values())) > 1  # the parts' step sizes differ
+    logs = train_logs(trainer)
+    assert logs[-1]["loss"] < 0.92 * logs[0]["loss"]
+    assert logs[-1]["alsals_step_size"] == pytest.approx(opt.step_size)
+    for part in opt.parts.values():  # the cosine schedule reached every part; decay groups kept
+        assert all(g["lr"] == pytest.approx(0.0, abs=1e-12) for g in part.param_groups)
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, trainer.args.weight_decay}
+
+    model = tiny_gpt2()
+    given = alsals.LayerwiseALSALS(model, part_of="blocks")
+    trainer = ALSALSTrainer(model=model, args=training_args(tmp_path, max_steps=3), train_dataset=CountingSequences(),
+                            optimizers=(given, None))
+    trainer.train()
+    assert trainer.alsals_optimizer is given and given.counters["steps"] == 3

@@ -378,3 +378,46 @@ def test_part_of_blocks_gives_each_repeated_block_its_own_part():
     assert list(alsals.LayerwiseALSALS(_model(), part_of="blocks").parts) == ["0", "1", "4"]  # a Sequential model
     with pytest.raises(ValueError, match="part_of"):
         alsals.LayerwiseALSALS(model, part_of="layers")
+
+
+def test_it_is_a_torch_optimizer_whose_groups_are_the_parts_groups_also_after_resume():
+    """A ``torch.optim.Optimizer`` (what Lightning, the HF Trainer and LR schedulers require): its
+    ``param_groups`` are the parts' group dicts, before and after ``load_state_dict`` (which gives
+    the parts new dicts), so a scheduler's multiplier scales each part's committed step; groups
+    cannot be added later and ``state`` cannot be assigned; step hooks run."""
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=20)
+    assert isinstance(opt, torch.optim.Optimizer)
+    _train(model, opt, _batches(3))
+    resumed = alsals.LayerwiseALSALS(model, total_steps=20)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for candidate in (opt, resumed):
+        parts_groups = [g for part in candidate.parts.values() for g in part.param_groups]
+        assert len(candidate.param_groups) == len(parts_groups)
+        assert all(a is b for a, b in zip(candidate.param_groups, parts_groups))
+    sched = torch.optim.lr_scheduler.LambdaLR(resumed, lambda t: 0.25)
+    assert all(g["lr"] == 0.25 for part in resumed.parts.values() for g in part.param_groups)
+    calls = []
+    resumed.register_step_post_hook(lambda optimizer, args, kwargs: calls.append(optimizer))
+    # with the multiplier 0.25 every part moves by a quarter of what it moves at 1 (the same search)
+    twin_model = copy.deepcopy(model)
+    twin = alsals.LayerwiseALSALS(twin_model, total_steps=20, combined_test=False)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))  # (torch shares a state dict's tensors on load)
+    quarter = alsals.LayerwiseALSALS(model, total_steps=20, combined_test=False)
+    quarter.load_state_dict(copy.deepcopy(opt.state_dict()))
+    torch.optim.lr_scheduler.LambdaLR(quarter, lambda t: 0.25)
+    before = [p.detach().clone() for p in model.parameters()]
+    idx = _batches(4)[3]
+    torch.manual_seed(11)  # the same dropout masks
+    twin.step(lambda: nn.functional.mse_loss(twin_model(X[idx]), Y[idx]))
+    torch.manual_seed(11)
+    quarter.step(lambda: nn.functional.mse_loss(model(X[idx]), Y[idx]))
+    for w0, full, part in zip(before, twin_model.parameters(), model.parameters()):
+        torch.testing.assert_close(part - w0, 0.25 * (full - w0), rtol=1e-4, atol=1e-7)
+    resumed.step(lambda: nn.functional.mse_loss(model(X[idx]), Y[idx]))
+    assert calls == [resumed]
+    sched.step()
+    with pytest.raises(ValueError, match="after construction"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
+    with pytest.raises(AttributeError, match="read only"):
+        opt.state = {model[0].weight: {}}

@@ -18,16 +18,30 @@ Shapes (``t = 1..T`` is the optimizer step):
 - ``"cosine"``: ``a = (1 + cos(π·(t − 1)/T))/2``.
 
 After ``T`` steps the factor stays at its last value (training goes on, slowly) and a warning says so.
+
+**An earlier start of the decay** (``"wsd"`` only). The stable phase may end before ``T − ⌈f·T⌉``:
+with ``decay_start = s`` the factor is 1 up to step ``s`` and then ``(T − t + 1)/(T − s + 1)``, the
+same linear decay to ``1/(T − s + 1)`` at ``t = T``, only longer (``ALSALS.begin_decay``).
+:class:`PlateauDetector` says when to start it: when the batch loss has stopped falling at the
+full step (:class:`alsals.LayerwiseALSALS` uses it). The reason: a line search holds the step at
+the largest size the batch accepts, so the loss falls until it reaches the noise floor of that
+step and then stays there; from then on a full step only spends the budget, while the decay lowers
+the floor, and a longer decay to zero finishes lower than a short one (Defazio et al., 2023; Hägele
+et al., 2024, find longer cooldowns better). Where the loss is still falling at ``T − ⌈f·T⌉`` the
+decay starts there as before.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
+from typing import Any, Deque, Dict, Iterable
 
 ANNEAL_SHAPES = ("wsd", "linear", "cosine")
 
 
-def anneal_factor(shape: str, step: int, total_steps: int, fraction: float) -> float:
+def anneal_factor(shape: str, step: int, total_steps: int, fraction: float, decay_start: int = 0) -> float:
     """The factor ``a(t)`` of the committed step at optimizer step ``step`` (1-based).
 
     Args:
@@ -35,6 +49,8 @@ def anneal_factor(shape: str, step: int, total_steps: int, fraction: float) -> f
         step: the optimizer step, ``1..total_steps`` (larger values are clamped to ``total_steps``).
         total_steps: ``T``, the run's length in optimizer steps.
         fraction: ``f``, the share of the run spent decaying (``"wsd"`` only).
+        decay_start: ``s > 0``: the stable phase ends after step ``s`` if that is before
+            ``T − ⌈f·T⌉`` (``"wsd"`` only; 0: the fixed start).
     """
     t = min(max(step, 1), total_steps)
     if shape == "linear":
@@ -42,9 +58,60 @@ def anneal_factor(shape: str, step: int, total_steps: int, fraction: float) -> f
     if shape == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * (t - 1) / total_steps))
     if shape == "wsd":
-        decay_steps = max(1, math.ceil(fraction * total_steps))
-        stable = total_steps - decay_steps
+        stable = total_steps - max(1, math.ceil(fraction * total_steps))
+        if decay_start > 0:
+            stable = min(stable, decay_start)
         if t <= stable:
             return 1.0
-        return (total_steps - t + 1) / (decay_steps + 1)
+        return (total_steps - t + 1) / (total_steps - stable + 1)
     raise ValueError(f"anneal must be one of {', '.join(map(repr, ANNEAL_SHAPES))}; got {shape!r}")
+
+
+#: the plateau test's window, as a share of the run (two windows are compared), and its threshold
+#: in standard errors of the difference of the two windows' mean losses
+PLATEAU_WINDOW_FRACTION = 0.1
+PLATEAU_STANDARD_ERRORS = 2.0
+
+
+class PlateauDetector:
+    """Whether the batch loss has stopped falling: the mean of the last ``w`` first losses is not
+    below the mean of the ``w`` before it by ``z`` standard errors of their difference,
+    ``mean(last) > mean(before) − z·√((var(last) + var(before))/w)``.
+
+    ``w = max(2, round(0.1·T))``: the end of a run is judged over about its last tenth, and the
+    default decay (``f = 0.2``) spans two such windows; ``z = 2``: a fall smaller than twice its
+    standard error is not told apart from the batches' noise. The batch losses of one window are
+    those of different batches at nearby weights, so their spread is the batches' noise plus the
+    fall within the window, which makes the test conservative (it calls a plateau only when the
+    loss is flat within the noise). Non-finite losses are not recorded.
+    """
+
+    def __init__(self, total_steps: int, window_fraction: float = PLATEAU_WINDOW_FRACTION,
+                 standard_errors: float = PLATEAU_STANDARD_ERRORS) -> None:
+        self.window = max(2, int(round(window_fraction * total_steps)))
+        self.standard_errors = float(standard_errors)
+        self.losses: Deque[float] = deque(maxlen=2 * self.window)
+
+    def update(self, loss: float) -> bool:
+        """Record the first loss of a step; True when the last two windows show a plateau."""
+        if not math.isfinite(loss):
+            return False
+        self.losses.append(float(loss))
+        if len(self.losses) < 2 * self.window:
+            return False
+        values = list(self.losses)
+        before, last = values[: self.window], values[self.window:]
+        spread = math.sqrt((statistics.pvariance(before) + statistics.pvariance(last)) / self.window)
+        return statistics.fmean(last) > statistics.fmean(before) - self.standard_errors * spread
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"window": self.window, "standard_errors": self.standard_errors, "losses": list(self.losses)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.window = int(state["window"])
+        self.standard_errors = float(state["standard_errors"])
+        self.losses = deque((float(x) for x in state["losses"]), maxlen=2 * self.window)
+
+    def extend(self, losses: Iterable[float]) -> None:
+        for loss in losses:
+            self.update(loss)

@@ -251,11 +251,12 @@ class ALSALSConfig:
         ``average``, or when that is ``None``, whenever the run's length is not known."""
         return self.average if self.average is not None else self.total_steps is None
 
-    def anneal_factor(self, step: int) -> float:
-        """The built-in anneal factor ``a(t)`` of the committed step (1 without ``total_steps``)."""
+    def anneal_factor(self, step: int, decay_start: int = 0) -> float:
+        """The built-in anneal factor ``a(t)`` of the committed step (1 without ``total_steps``);
+        ``decay_start``: an earlier end of ``"wsd"``'s stable phase (0: none)."""
         if self.total_steps is None:
             return 1.0
-        return anneal_factor(self.anneal, step, self.total_steps, self.anneal_fraction)
+        return anneal_factor(self.anneal, step, self.total_steps, self.anneal_fraction, decay_start)
 
 
 def resolve_config(preset: Optional[str], overrides: Mapping[str, Any]) -> ALSALSConfig:

@@ -67,6 +67,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
+from .anneal import PlateauDetector
 from .closure import ClosureEvaluator, RandomState, check_loss
 from .optimizer import ALSALS
 from .search import plan, smooth
@@ -192,9 +193,15 @@ class _FirstEvaluationGiven:
         return self._closure()
 
 
-class LayerwiseALSALS:
+class LayerwiseALSALS(torch.optim.Optimizer):
     """One :class:`alsals.ALSALS` per top-level module of ``model``, stepping together (module
     docstring: the parts, one shared backward, the combined step's test).
+
+    It is a ``torch.optim.Optimizer``, so frameworks that require one accept it (Lightning's
+    ``configure_optimizers``, the Hugging Face ``Trainer``, ``accelerate``, torch's LR schedulers).
+    Its ``param_groups`` are the parts' own group dicts (the same objects), so a scheduler that sets
+    a group's ``lr`` multiplier sets that part's; ``state`` is the parts' state, read only; groups
+    cannot be added after construction (build a new optimizer).
 
     Args:
         model: the model; its top-level modules define the parts.
@@ -204,6 +211,10 @@ class LayerwiseALSALS:
             ``False``: apply the parts' steps as they are.
         amortized_combined_test: test the summed step only in steps where a part searches, and
             reuse the carried scale in the others (fewer forwards; off by default).
+        decay_on_plateau: with ``total_steps`` and the ``"wsd"`` anneal, start the decay as soon as
+            the batch loss has stopped falling (:class:`alsals.anneal.PlateauDetector`; at the
+            latest where the anneal starts it), through every part's :meth:`alsals.ALSALS.begin_decay`.
+            Off by default.
         part_of: ``"top"`` (default: a parameter's top-level module), ``"blocks"`` (also each element
             of a ``ModuleList``/``Sequential`` inside one: :func:`repeated_blocks`), or the part of a
             parameter from its qualified name in ``model.named_parameters()``; e.g.
@@ -218,7 +229,7 @@ class LayerwiseALSALS:
 
     def __init__(self, model: nn.Module, params: Optional[Iterable[Any]] = None, *, combined_test: bool = True,
                  part_of: Union[None, str, Callable[[str], str]] = None, amortized_combined_test: bool = False,
-                 **kwargs: Any) -> None:
+                 decay_on_plateau: bool = False, **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"LayerwiseALSALS needs the model (an nn.Module) first, got {type(model).__name__}")
         self.model = model
@@ -245,6 +256,20 @@ class LayerwiseALSALS:
                 UserWarning, stacklevel=2,
             )
         self.config = next(iter(self.parts.values())).config
+        #: the plateau test that starts the anneal's decay early (decay_on_plateau), and the step after
+        #: which it started (0: not yet)
+        self.decay_on_plateau = bool(decay_on_plateau)
+        total = self.config.total_steps
+        self._plateau = (PlateauDetector(total) if self.decay_on_plateau and total is not None
+                         and self.config.anneal == "wsd" else None)
+        self.decay_start = 0
+        # torch.optim.Optimizer's bookkeeping (hooks, defaults) over the parts' own group dicts, the
+        # same objects: a scheduler's lr reaches the part. Optimizer.__init__ assigns an empty state,
+        # which the read-only ``state`` property accepts; the parts keep the real one.
+        self._building = True
+        super().__init__([g for opt in self.parts.values() for g in opt.param_groups],
+                         dict(next(iter(self.parts.values())).defaults))
+        self._building = False
         if any(opt._slope_weights for opt in self.parts.values()):
             raise ValueError("LayerwiseALSALS does not support sharded (FSDP2) parameters; use ALSALS there")
         #: the combined step's carried scale, and the averages its test compares
@@ -261,19 +286,48 @@ class LayerwiseALSALS:
         self._forwards = 0
         self._backward_passes = 0
         self._skipped_steps = 0
+        #: the first evaluation's loss of the last step (averaged over the ranks)
+        self._last_loss = math.nan
 
     # -- what a user reads ----------------------------------------------------------------------
 
-    @property
-    def param_groups(self) -> List[Dict[str, Any]]:
-        """Every part's parameter groups, in part order."""
-        return [g for opt in self.parts.values() for g in opt.param_groups]
+    # ``param_groups`` is torch.optim.Optimizer's list, holding every part's group dicts in part order.
 
-    @property
+    @property  # type: ignore[override]
     def state(self) -> Dict[Tensor, Dict[str, Any]]:
         """Every part's per-parameter state (Adam's moments, the average) in one mapping, read only:
         a new dict of the parts' ``opt.state`` entries."""
         return {p: st for opt in self.parts.values() for p, st in opt.state.items()}
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        # torch.optim.Optimizer.__init__ assigns an empty mapping; the parts hold the state
+        if value:
+            raise AttributeError("LayerwiseALSALS.state is read only: it is the parts' state; use load_state_dict")
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        if not getattr(self, "_building", False):
+            raise ValueError("LayerwiseALSALS cannot add a parameter group after construction (its parts are "
+                             "fixed by the model); build a new LayerwiseALSALS with every group")
+        super().add_param_group(param_group)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # every attribute (the parts, the model, the combined step's state), not torch.optim.Optimizer's three
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(parts={list(self.parts)}, combined_test={self.combined_test})"
+
+    @property
+    def search_state(self) -> Dict[str, Any]:
+        """The carried state of the step (copies): the last step's first loss (``last_loss``), the
+        combined step's scale and averages, and each part's :attr:`alsals.ALSALS.search_state`."""
+        return {"last_loss": self._last_loss, "scale": self.scale, "smoothed_decrease": self.smoothed_decrease,
+                "smoothed_prediction": self.smoothed_prediction,
+                "parts": {name: opt.search_state for name, opt in self.parts.items()}}
 
     @property
     def step_sizes(self) -> Dict[str, float]:
@@ -328,7 +382,9 @@ class LayerwiseALSALS:
                          "smoothed_prediction": self.smoothed_prediction,
                          "trials": self.combined_trials, "cuts": self.combined_cuts, "reused": self.combined_reused,
                          "steps": self._steps, "forward_evaluations": self._forwards,
-                         "backward_passes": self._backward_passes, "skipped_steps": self._skipped_steps},
+                         "backward_passes": self._backward_passes, "skipped_steps": self._skipped_steps,
+                         "last_loss": self._last_loss, "decay_start": self.decay_start,
+                         "plateau": self._plateau.state_dict() if self._plateau is not None else None},
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -339,6 +395,9 @@ class LayerwiseALSALS:
                              f"has {list(self.parts)}; load it into an optimizer of the same model")
         for name, opt in self.parts.items():
             opt.load_state_dict(parts[name])
+        # torch's load_state_dict gives each part new group dicts: hold those, so that an LR
+        # scheduler (or accelerate, which reloads the state to place it) still reaches the parts
+        self.param_groups = [g for opt in self.parts.values() for g in opt.param_groups]
         combined = state_dict["combined"]
         self.scale = float(combined["scale"])
         self.smoothed_decrease = float(combined["smoothed_decrease"])
@@ -350,6 +409,10 @@ class LayerwiseALSALS:
         self._forwards = int(combined["forward_evaluations"])
         self._backward_passes = int(combined["backward_passes"])
         self._skipped_steps = int(combined["skipped_steps"])
+        self._last_loss = float(combined.get("last_loss", math.nan))
+        self.decay_start = int(combined.get("decay_start", 0))
+        if self._plateau is not None and combined.get("plateau") is not None:
+            self._plateau.load_state_dict(combined["plateau"])
 
     # -- the step -------------------------------------------------------------------------------
 
@@ -359,7 +422,7 @@ class LayerwiseALSALS:
     def _all_params(self) -> List[Tensor]:
         return [p for name in self.parts for p in self._params(name)]
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Tensor:
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Tensor:  # type: ignore[override]
         """Evaluate the closure once with gradients, let every part search its own step from that
         gradient, test their sum (``combined_test``) and move. Returns the first loss, detached.
 
@@ -387,6 +450,7 @@ class LayerwiseALSALS:
             grads = {p: p.grad.detach().clone() for p in params if p.grad is not None}
         forward_only = not evaluator.trials_run_backward
         loss0, found_inf = self._read_first(loss, list(grads.values()))
+        self._last_loss = loss0
         if not math.isfinite(loss0) or found_inf != 0.0:
             self._skipped_steps += 1
             return loss
@@ -434,6 +498,10 @@ class LayerwiseALSALS:
             for p in params:  # the first evaluation's gradient, as ALSALS leaves it
                 p.grad = grads.get(p)
         self._set(starts, ends, set(self.parts), scale)
+        if self._plateau is not None and self.decay_start == 0 and self._plateau.update(loss0):
+            self.decay_start = self._steps
+            for opt in self.parts.values():
+                opt.begin_decay()
         return loss
 
     def _searches_now(self, name: str) -> bool:

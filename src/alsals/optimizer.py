@@ -984,7 +984,18 @@ class ALSALS(Optimizer):
                 RuntimeWarning,
                 stacklevel=4,
             )
-        return self.config.anneal_factor(step)
+        return self.config.anneal_factor(step, self._search_state().decay_start)
+
+    def begin_decay(self) -> None:
+        """End the anneal's stable phase now (``anneal="wsd"`` with ``total_steps``): from the next
+        step the committed step decays linearly from 1 to ``1/(T − s + 1)`` at step ``T``, ``s``
+        being the steps taken so far, instead of over the last ``anneal_fraction`` of the run
+        (:mod:`alsals.anneal`). Only an earlier start counts: once started, or past the anneal's own
+        start, nothing changes. Saved in ``state_dict()``. Without ``total_steps`` it does nothing."""
+        state = self._settle()  # the steps taken, amortized ones included
+        if self.config.total_steps is None or self.config.anneal != "wsd" or state.decay_start > 0:
+            return
+        self._publish(replace(state, decay_start=max(1, state.steps)))
 
     def _read(self, values: List[Tensor], num_means: int, local: Iterable[Tensor] = ()) -> List[float]:
         """Reduce ``values`` across ranks (when distributed) and read them back, with this rank's

@@ -604,6 +604,8 @@ class SearchState:
         displacement, direction_norm: with ``match_displacement``, ``η₁·‖d₁‖`` of the first search
             and ``‖d‖`` of the last measured search (0: not measured).
         last_search_step: the step of the last search (0: none yet).
+        decay_start: the step after which the anneal's decay began early (``ALSALS.begin_decay``;
+            0: at the anneal's own start).
     """
 
     step_size: float
@@ -634,6 +636,7 @@ class SearchState:
     displacement: float = 0.0
     direction_norm: float = 0.0
     last_search_step: int = 0
+    decay_start: int = 0
 
     @classmethod
     def initial(cls, config: SearchConfig) -> "SearchState":

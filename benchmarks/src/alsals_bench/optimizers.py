@@ -646,7 +646,7 @@ for _name, _told, _joint, _scaled in (
 
 
 def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test: bool = False,
-                               part_of: str = "top", anneal: str | None = None):
+                               part_of: str = "top", anneal: str | None = None, decay_on_plateau: bool = False):
     def factory(model, ctx: RunContext) -> Built:
         import alsals
 
@@ -657,6 +657,8 @@ def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test:
             args["part_of"] = part_of
         if anneal is not None:
             args["anneal"] = anneal
+        if decay_on_plateau:
+            args["decay_on_plateau"] = True
         groups = decay_groups(model, ctx.weight_decay)
         opt = alsals.LayerwiseALSALS(model, groups, **args)
         return Built(opt, None, {"class": "alsals.LayerwiseALSALS", "arguments": args, "shared_backward": True,
@@ -699,6 +701,15 @@ register_optimizer(OptimizerSpec(
     protocol="alsals", family="alsals",
     description="alsals.LayerwiseALSALS(anneal='linear'): the per-layer optimizer told the run's length "
     "(total_steps=T), its committed steps decayed linearly to zero over the whole run",
+    step_size=_alsals_step, knows_total_steps=True,
+))
+# "-plateau" (ninth round): the told per-layer optimizer whose decay starts when the batch loss has
+# stopped falling (decay_on_plateau=True), at the latest where the default anneal starts it.
+register_optimizer(OptimizerSpec(
+    name="alsals-layerwise-lib-plateau", factory=_layerwise_library_factory(True, decay_on_plateau=True),
+    protocol="alsals", family="alsals",
+    description="alsals.LayerwiseALSALS(decay_on_plateau=True): the per-layer optimizer told the run's length "
+    "(total_steps=T), its decay started when the batch loss stops falling",
     step_size=_alsals_step, knows_total_steps=True,
 ))
 # The ALSALS defaults with the same linear decay (ninth round), for the ablation on one optimizer.

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from ..layerwise import LayerwiseALSALS
 from ..optimizer import ALSALS
 from . import _missing_extra
 
@@ -43,9 +44,14 @@ def _unwrap(optimizer: Any) -> Any:
     return getattr(optimizer, "_optimizer", optimizer)
 
 
-def alsals_optimizers(trainer: "pl.Trainer") -> List[ALSALS]:
-    """The :class:`~alsals.ALSALS` optimizers (presets included) among the trainer's optimizers."""
-    return [opt for opt in map(_unwrap, trainer.optimizers) if isinstance(opt, ALSALS)]
+#: the optimizers this integration drives: ALSALS (presets included) and the per-layer LayerwiseALSALS
+LINE_SEARCH_OPTIMIZERS = (ALSALS, LayerwiseALSALS)
+
+
+def alsals_optimizers(trainer: "pl.Trainer") -> List[Any]:
+    """The :class:`~alsals.ALSALS` optimizers (presets included) and :class:`~alsals.LayerwiseALSALS`
+    optimizers among the trainer's optimizers."""
+    return [opt for opt in map(_unwrap, trainer.optimizers) if isinstance(opt, LINE_SEARCH_OPTIMIZERS)]
 
 
 def check_trainer(trainer: "pl.Trainer") -> None:
@@ -78,7 +84,8 @@ def check_trainer(trainer: "pl.Trainer") -> None:
 
 
 class StepSizeLogger(Callback):
-    """Logs the line search of every :class:`~alsals.ALSALS` optimizer after each training batch.
+    """Logs the line search of every :class:`~alsals.ALSALS` (or :class:`~alsals.LayerwiseALSALS`)
+    optimizer after each training batch.
 
     Through ``pl_module.log`` (so every logger attached to the trainer receives them, at the trainer's
     ``log_every_n_steps``), per step:
@@ -88,7 +95,10 @@ class StepSizeLogger(Callback):
     - ``{prefix}/forward_evaluations``: the closure evaluations of this step (first + trials);
     - ``{prefix}/loss`` (``log_loss=True``): the loss of the first evaluation, i.e. at the weights
       before the step (in automatic optimisation without :class:`ForwardOnlyTrials`, ``self.log`` in
-      ``training_step`` records the last trial's loss instead).
+      ``training_step`` records the last trial's loss instead);
+    - for :class:`~alsals.LayerwiseALSALS`, also ``{prefix}/step_size/{part}`` (each part's step size;
+      ``{prefix}/step_size`` is then their geometric mean times the scale) and
+      ``{prefix}/combined_scale`` (the combined step's carried scale).
 
     The counts are this batch's increments of :attr:`ALSALS.counters` (cumulative totals are in
     ``opt.counters``). With several ALSALS optimizers the prefix gets the optimizer's index
@@ -127,6 +137,9 @@ class StepSizeLogger(Callback):
                 f"{prefix}/backtracks": float(after["backtracks"] - before["backtracks"]),
                 f"{prefix}/forward_evaluations": float(after["forward_evaluations"] - before["forward_evaluations"]),
             }
+            if isinstance(opt, LayerwiseALSALS):  # each part's step size, and the combined step's scale
+                metrics.update({f"{prefix}/step_size/{part}": size for part, size in opt.step_sizes.items()})
+                metrics[f"{prefix}/combined_scale"] = float(opt.scale)
             if self.log_loss:
                 metrics[f"{prefix}/loss"] = float(opt.search_state["last_loss"])
             for name, value in metrics.items():
@@ -217,7 +230,7 @@ class ForwardOnlyTrials:
         optimizer: Any,
         optimizer_closure: Optional[Callable[[], Any]] = None,
     ) -> None:
-        if optimizer_closure is None or not isinstance(_unwrap(optimizer), ALSALS):
+        if optimizer_closure is None or not isinstance(_unwrap(optimizer), LINE_SEARCH_OPTIMIZERS):
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
         check_trainer(self.trainer)  # type: ignore[attr-defined]
         step_fn = getattr(optimizer_closure, "_step_fn", None)  # Lightning's training_step runner

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..closure import RandomState
+from ..layerwise import LayerwiseALSALS
 from ..optimizer import ALSALS
 from . import _missing_extra
 
@@ -65,7 +66,7 @@ class ClosureStepAdapter(torch.optim.Optimizer):
     #: the key under which :meth:`state_dict` saves :attr:`log_window` beside ALSALS's own state
     LOG_WINDOW_KEY = "alsals_log_window"
 
-    def __init__(self, optimizer: ALSALS, make_closure: Callable[[], Callable[[], Any]]):
+    def __init__(self, optimizer: Any, make_closure: Callable[[], Callable[[], Any]]):
         self.optimizer = optimizer
         self.make_closure = make_closure
         #: the counters at the last log (``ALSALSTrainer`` averages its logged values since then);
@@ -167,17 +168,25 @@ class ALSALSTrainer(Trainer):
 
     The optimizer is ``ALSALS(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
     eps=args.adam_epsilon)`` with the Trainer's weight-decay groups (``args.weight_decay`` on the
-    weights, none on biases and norms) and ``**alsals_kwargs``. To choose another :class:`ALSALS` (a
-    preset, other settings) pass ``optimizers=(opt, None)`` or
-    ``optimizer_cls_and_kwargs=(alsals.SaLSa, {...})`` as to any ``Trainer``.
+    weights, none on biases and norms) and ``**alsals_kwargs``; with ``layerwise=True`` it is
+    :class:`~alsals.LayerwiseALSALS` ``(model, groups, ...)`` with the same settings (one step size
+    per part of the model; a Hugging Face model is usually one top-level module, so pass
+    ``alsals_kwargs={"part_of": "blocks"}`` or a function of the parameter's name to split it). To
+    choose another optimizer of the library (a preset, other settings, a ``LayerwiseALSALS`` built
+    yourself) pass ``optimizers=(opt, None)`` or ``optimizer_cls_and_kwargs=(alsals.SaLSa, {...})`` as
+    to any ``Trainer``.
 
     Args:
         *args, **kwargs: those of ``transformers.Trainer``.
-        alsals_kwargs: extra keywords for :class:`ALSALS` (e.g. ``initial_step_size``, ``c``).
+        alsals_kwargs: extra keywords for :class:`ALSALS` (e.g. ``initial_step_size``, ``c``), or for
+            :class:`~alsals.LayerwiseALSALS` with ``layerwise=True`` (also ``part_of``, ``combined_test``).
+        layerwise: train with :class:`~alsals.LayerwiseALSALS` instead of :class:`ALSALS`.
     """
 
-    def __init__(self, *args: Any, alsals_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any):
+    def __init__(self, *args: Any, alsals_kwargs: Optional[Dict[str, Any]] = None, layerwise: bool = False,
+                 **kwargs: Any):
         self.alsals_kwargs = dict(alsals_kwargs or {})
+        self.layerwise = bool(layerwise)
         self._alsals_window: List[Tuple[nn.Module, Dict[str, Any], Any]] = []
         self._alsals_window_loss: Optional[torch.Tensor] = None
         self._alsals_window_rng: Optional[RandomState] = None
@@ -222,18 +231,32 @@ class ALSALSTrainer(Trainer):
         :class:`ClosureStepAdapter`, so the Trainer's ``optimizer.step()`` runs the line search."""
         if _find_adapter(self.optimizer) is not None:
             return cast(torch.optim.Optimizer, self.optimizer)
-        optimizer = super().create_optimizer(model)
-        if not isinstance(optimizer, ALSALS):
+        if self.layerwise and self.optimizer is None and getattr(self, "optimizer_cls_and_kwargs", None) is None:
+            optimizer: torch.optim.Optimizer = self._create_layerwise(cast(nn.Module, self.model if model is None else model))
+        else:
+            optimizer = super().create_optimizer(model)
+        if not isinstance(optimizer, (ALSALS, LayerwiseALSALS)):
             raise TypeError(
-                f"ALSALSTrainer needs an alsals.ALSALS optimizer (or a preset), got {type(optimizer).__name__}. "
-                "Use transformers.Trainer for other optimizers."
+                f"ALSALSTrainer needs an alsals.ALSALS optimizer (a preset, or alsals.LayerwiseALSALS), got "
+                f"{type(optimizer).__name__}. Use transformers.Trainer for other optimizers."
             )
         self.optimizer = ClosureStepAdapter(optimizer, self._line_search_closure)
         return self.optimizer
 
+    def _create_layerwise(self, model: nn.Module) -> LayerwiseALSALS:
+        """:class:`~alsals.LayerwiseALSALS` over the Trainer's weight-decay groups, with the settings
+        :meth:`get_optimizer_cls_and_kwargs` gives ALSALS."""
+        decay = set(self.get_decay_parameter_names(model))
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in trained if n in decay], "weight_decay": self.args.weight_decay},
+                  {"params": [p for n, p in trained if n not in decay], "weight_decay": 0.0}]
+        _, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        return LayerwiseALSALS(model, [g for g in groups if g["params"]], **kwargs)
+
     @property
-    def alsals_optimizer(self) -> Optional[ALSALS]:
-        """The :class:`ALSALS` instance the Trainer steps (``None`` before training creates it)."""
+    def alsals_optimizer(self) -> Optional[Any]:
+        """The :class:`ALSALS` (or :class:`~alsals.LayerwiseALSALS`) instance the Trainer steps
+        (``None`` before training creates it)."""
         adapter = _find_adapter(self.optimizer)
         return adapter.optimizer if adapter is not None else None
 
