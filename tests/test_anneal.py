@@ -87,3 +87,72 @@ def test_presets_set_the_defaults_and_explicit_arguments_win():
     assert (paper.search_config.c, paper.search_config.smoothing, paper.config.amortization) == (0.3, 0.99, None)
     mixed = alsals.ALSALS(params, preset="paper", c=0.4, amortized=True)
     assert mixed.search_config.c == 0.4 and mixed.config.amortized and mixed.search_config.smoothing == 0.99
+
+
+def test_an_earlier_decay_start_lengthens_the_wsd_decay_and_a_later_one_changes_nothing():
+    T = 100
+    early = [anneal_factor("wsd", t, T, 0.2, decay_start=30) for t in range(1, T + 1)]
+    assert early[:30] == [1.0] * 30
+    assert early[30:] == pytest.approx([(T - t + 1) / (T - 30 + 1) for t in range(31, T + 1)])
+    default = [anneal_factor("wsd", t, T, 0.2) for t in range(1, T + 1)]
+    assert [anneal_factor("wsd", t, T, 0.2, decay_start=90) for t in range(1, T + 1)] == default
+    assert [anneal_factor("linear", t, T, 0.2, decay_start=30) for t in range(1, T + 1)] == \
+        [anneal_factor("linear", t, T, 0.2) for t in range(1, T + 1)]
+
+
+def test_begin_decay_equals_the_same_schedule_on_the_lr_multiplier_and_resumes():
+    """ALSALS.begin_decay() after step s: the committed steps of the later steps are those of a
+    LambdaLR with the factor (T − t + 1)/(T − s + 1); the search is untouched; state_dict keeps it;
+    once started, or without total_steps, it does nothing."""
+    X, y = regression_data()
+    order = batches(len(X), 32, 30)
+    runs = []
+    for built_in in (True, False):
+        model = mlp(dropout=0.1)
+        if built_in:
+            opt = alsals.ALSALS(model.parameters(), total_steps=30, amortized=False)
+            sched = None
+        else:
+            opt = alsals.ALSALS(model.parameters(), amortized=False)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda t: anneal_factor("wsd", t + 1, 30, 0.2, decay_start=10))
+        torch.manual_seed(0)
+        etas = []
+        for i, idx in enumerate(order, start=1):
+            opt.step(lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean())
+            etas.append(opt.step_size)
+            if built_in and i == 10:
+                opt.begin_decay()
+                opt.begin_decay()  # a second call changes nothing
+                assert opt.search_state["decay_start"] == 10
+            if sched:
+                sched.step()
+        runs.append((etas, [p.detach().clone() for p in model.parameters()], opt))
+    (e1, p1, o1), (e2, p2, _) = runs
+    assert e1 == e2
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert o1.search_state["last_anneal"] == pytest.approx(1 / 21)
+    resumed = alsals.ALSALS(mlp().parameters(), total_steps=30)
+    resumed.load_state_dict(o1.state_dict())
+    assert resumed.search_state["decay_start"] == 10
+    anytime = alsals.ALSALS(mlp().parameters())
+    anytime.begin_decay()
+    assert anytime.search_state["decay_start"] == 0
+
+
+def test_plateau_detector_calls_a_flat_noisy_loss_a_plateau_and_a_falling_one_not():
+    from alsals.anneal import PlateauDetector
+
+    gen = torch.Generator().manual_seed(0)
+    noise = (0.05 * torch.randn(400, generator=gen)).tolist()
+    falling = PlateauDetector(total_steps=400)  # window 40
+    assert falling.window == 40
+    assert not any(falling.update(2.0 - 0.004 * t + n) for t, n in enumerate(noise))
+    flat = PlateauDetector(total_steps=400)
+    calls = [flat.update(1.0 + n) for n in noise]
+    assert not any(calls[:79]) and any(calls[79:])  # only once two windows are full
+    assert not flat.update(float("nan"))  # a non-finite loss is not recorded
+    resumed = PlateauDetector(total_steps=400)
+    resumed.load_state_dict(flat.state_dict())
+    assert resumed.update(1.0) == flat.update(1.0)

@@ -421,3 +421,44 @@ def test_it_is_a_torch_optimizer_whose_groups_are_the_parts_groups_also_after_re
         opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
     with pytest.raises(AttributeError, match="read only"):
         opt.state = {model[0].weight: {}}
+
+
+def test_decay_on_plateau_starts_every_parts_decay_when_the_loss_stops_falling_and_resumes():
+    """On a target of pure noise the batch loss is flat within a few steps: with
+    ``decay_on_plateau=True`` (the default) every part's decay starts at the first step where two windows of the
+    run's tenth show no fall (before the anneal's own start at 0.8·T), and a run resumed from a
+    state saved before that point starts it at the same step, bitwise; off, nothing starts early."""
+    T = 60
+    gen = torch.Generator().manual_seed(2)
+    noise_y = torch.randn(48, 1, generator=gen)
+    order = [torch.randint(0, 48, (16,), generator=gen) for _ in range(T)]
+
+    def run(opt, model, steps):
+        for idx in steps:
+            opt.step(lambda idx=idx: nn.functional.mse_loss(model(X[idx]), noise_y[idx]))
+
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=T)
+    torch.manual_seed(0)
+    run(opt, model, order[:10])
+    saved_model, saved_opt, rng = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), torch.get_rng_state()
+    run(opt, model, order[10:])
+    start = opt.decay_start
+    assert 12 <= start < 48  # two windows of 6 steps at least; earlier than T − ⌈0.2·T⌉
+    assert {part.search_state["decay_start"] for part in opt.parts.values()} == {start}
+    assert all(part.search_state["last_anneal"] == pytest.approx(1 / (T - start + 1)) for part in opt.parts.values())
+
+    resumed_model = _model()
+    resumed_model.load_state_dict(saved_model)
+    resumed = alsals.LayerwiseALSALS(resumed_model, total_steps=T, decay_on_plateau=True)
+    resumed.load_state_dict(saved_opt)
+    torch.set_rng_state(rng)
+    run(resumed, resumed_model, order[10:])
+    assert resumed.decay_start == start
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed_model.parameters()))
+
+    plain_model = _model()
+    plain = alsals.LayerwiseALSALS(plain_model, total_steps=T, decay_on_plateau=False)
+    torch.manual_seed(0)
+    run(plain, plain_model, order)
+    assert plain.decay_start == 0 and all(p.search_state["decay_start"] == 0 for p in plain.parts.values())

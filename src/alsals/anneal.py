@@ -34,9 +34,8 @@ decay starts there as before.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
-from typing import Any, Deque, Dict, Iterable
+from typing import Any, Deque, Dict
 
 ANNEAL_SHAPES = ("wsd", "linear", "cosine")
 
@@ -76,7 +75,7 @@ PLATEAU_STANDARD_ERRORS = 2.0
 class PlateauDetector:
     """Whether the batch loss has stopped falling: the mean of the last ``w`` first losses is not
     below the mean of the ``w`` before it by ``z`` standard errors of their difference,
-    ``mean(last) > mean(before) − z·√((var(last) + var(before))/w)``.
+    ``mean(last) > mean(before) − z·√((var(last) + var(before))/w)`` (population variances).
 
     ``w = max(2, round(0.1·T))``: the end of a run is judged over about its last tenth, and the
     default decay (``f = 0.2``) spans two such windows; ``z = 2``: a fall smaller than twice its
@@ -84,6 +83,10 @@ class PlateauDetector:
     those of different batches at nearby weights, so their spread is the batches' noise plus the
     fall within the window, which makes the test conservative (it calls a plateau only when the
     loss is flat within the noise). Non-finite losses are not recorded.
+
+    Cost: O(1) per step. The windows' sums (of the losses less a reference value, the mean at the
+    last exact count, so that the variances do not cancel) slide with each loss and are counted
+    again exactly (``math.fsum``) once every ``w`` losses, which bounds their rounding.
     """
 
     def __init__(self, total_steps: int, window_fraction: float = PLATEAU_WINDOW_FRACTION,
@@ -91,27 +94,53 @@ class PlateauDetector:
         self.window = max(2, int(round(window_fraction * total_steps)))
         self.standard_errors = float(standard_errors)
         self.losses: Deque[float] = deque(maxlen=2 * self.window)
+        self._reference = 0.0
+        self._sums = [0.0, 0.0, 0.0, 0.0]  # Σ(x − r) and Σ(x − r)² over the window before, then the last
+        self._slid = 0  # losses slid in since the last exact count
+
+    def _count(self) -> None:
+        values = list(self.losses)
+        w = self.window
+        self._reference = math.fsum(values) / len(values)
+        before = [x - self._reference for x in values[:w]]
+        last = [x - self._reference for x in values[w:]]
+        self._sums = [math.fsum(before), math.fsum(x * x for x in before),
+                      math.fsum(last), math.fsum(x * x for x in last)]
+        self._slid = 0
 
     def update(self, loss: float) -> bool:
         """Record the first loss of a step; True when the last two windows show a plateau."""
         if not math.isfinite(loss):
             return False
-        self.losses.append(float(loss))
+        loss = float(loss)
+        full = len(self.losses) == 2 * self.window
+        if full:  # the oldest loss leaves the window before; the oldest of the last moves into it
+            leaving, moving = self.losses[0] - self._reference, self.losses[self.window] - self._reference
+        self.losses.append(loss)
         if len(self.losses) < 2 * self.window:
             return False
-        values = list(self.losses)
-        before, last = values[: self.window], values[self.window:]
-        spread = math.sqrt((statistics.pvariance(before) + statistics.pvariance(last)) / self.window)
-        return statistics.fmean(last) > statistics.fmean(before) - self.standard_errors * spread
+        if not full or self._slid + 1 >= self.window:
+            self._count()
+        else:
+            entering = loss - self._reference
+            sb, qb, sl, ql = self._sums
+            self._sums = [sb - leaving + moving, qb - leaving * leaving + moving * moving,
+                          sl - moving + entering, ql - moving * moving + entering * entering]
+            self._slid += 1
+        w = float(self.window)
+        sb, qb, sl, ql = self._sums
+        mean_before, mean_last = sb / w, sl / w
+        variance = max(0.0, qb / w - mean_before**2) + max(0.0, ql / w - mean_last**2)
+        return mean_last > mean_before - self.standard_errors * math.sqrt(variance / w)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"window": self.window, "standard_errors": self.standard_errors, "losses": list(self.losses)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (the sums are counted again exactly from the losses)."""
         self.window = int(state["window"])
         self.standard_errors = float(state["standard_errors"])
         self.losses = deque((float(x) for x in state["losses"]), maxlen=2 * self.window)
-
-    def extend(self, losses: Iterable[float]) -> None:
-        for loss in losses:
-            self.update(loss)
+        self._reference, self._sums, self._slid = 0.0, [0.0, 0.0, 0.0, 0.0], 0
+        if len(self.losses) == 2 * self.window:
+            self._count()

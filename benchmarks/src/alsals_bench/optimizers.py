@@ -657,8 +657,8 @@ def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test:
             args["part_of"] = part_of
         if anneal is not None:
             args["anneal"] = anneal
-        if decay_on_plateau:
-            args["decay_on_plateau"] = True
+        if knows_total_steps:  # the rows before the ninth round decay at the anneal's own start
+            args["decay_on_plateau"] = decay_on_plateau
         groups = decay_groups(model, ctx.weight_decay)
         opt = alsals.LayerwiseALSALS(model, groups, **args)
         return Built(opt, None, {"class": "alsals.LayerwiseALSALS", "arguments": args, "shared_backward": True,
@@ -703,8 +703,9 @@ register_optimizer(OptimizerSpec(
     "(total_steps=T), its committed steps decayed linearly to zero over the whole run",
     step_size=_alsals_step, knows_total_steps=True,
 ))
-# "-plateau" (ninth round): the told per-layer optimizer whose decay starts when the batch loss has
-# stopped falling (decay_on_plateau=True), at the latest where the default anneal starts it.
+# "-plateau" (ninth round, LayerwiseALSALS's default since): the told per-layer optimizer whose decay
+# starts when the batch loss has stopped falling (decay_on_plateau=True), at the latest where the
+# anneal starts it. ("alsals-layerwise-lib" and the other told library rows keep decay_on_plateau=False.)
 register_optimizer(OptimizerSpec(
     name="alsals-layerwise-lib-plateau", factory=_layerwise_library_factory(True, decay_on_plateau=True),
     protocol="alsals", family="alsals",

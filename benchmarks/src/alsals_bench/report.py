@@ -60,8 +60,8 @@ ROW_NOTES = {
     "alsals-anneal-linear": "ablation: ALSALS(anneal='linear', total_steps=T) on today's defaults",
     "alsals-layerwise-lib-linear": "LayerwiseALSALS(model, anneal='linear', total_steps=T): the per-layer "
     "optimizer with the linear decay to zero over the run",
-    "alsals-layerwise-lib-plateau": "LayerwiseALSALS(model, decay_on_plateau=True, total_steps=T): the per-layer "
-    "optimizer, its decay started when the batch loss stops falling",
+    "alsals-layerwise-lib-plateau": "LayerwiseALSALS(model, total_steps=T), the ninth round's default: its decay "
+    "starts when the batch loss stops falling (decay_on_plateau=True)",
     "alsals-smooth-per-step": "ablation: 0.1 + the smoothing's memory counted in steps, total_steps=T",
     "alsals-smooth-per-step-anytime": "ablation: the same, no anneal, evaluated at its average",
     "alsals-doubling": "ablation: 0.1 + the doubling interval rule (any cut: search again next step), total_steps=T",
