@@ -20,8 +20,10 @@ from collections.abc import Sequence
 
 from alsals_bench.runner import get_task, run_one
 
-#: the rows compared by default: the two ALSALS optimizers and AdamW around its tuned rate
-ROWS = ("alsals", "alsals-layerwise-lib", "adamw-lr3e-3", "adamw-lr1e-2", "adamw-lr3e-2", "adamw-lr1e-1")
+#: the rows compared by default: ALSALS, the per-layer optimizer with its decay at 80% of the run and on
+#: a plateau (its default), and AdamW around its tuned rate
+ROWS = ("alsals", "alsals-layerwise-lib", "alsals-layerwise-lib-plateau",
+        "adamw-lr3e-3", "adamw-lr1e-2", "adamw-lr3e-2", "adamw-lr1e-1")
 
 
 def geomean(values: Sequence[float]) -> float:
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{args.task}, batch {batch_size}, {task.steps_full} steps, seeds {args.seeds}")
         for row, values in losses.items():
             g = geomean(values)
-            print(f"  {row:24s} train loss {g:.4g}  ({', '.join(f'{v:.4g}' for v in values)})  "
+            print(f"  {row:30s} train loss {g:.4g}  ({', '.join(f'{v:.4g}' for v in values)})  "
                   f"÷ best AdamW {g / adamw:.3f}")
 
 

@@ -64,8 +64,9 @@ instead of 32 it ties the tuned AdamW: ``scripts/batch_noise.py``), and a longer
 finishes lower (docs/benchmarks.md, "Ninth round"). Where the loss still falls (a GRU, the language
 models) the decay starts where it did.
 
-The numbers are those of the benchmark's prototype (``alsals_bench.layerwise``), which pays a
-backward pass per part instead of sharing one; a test checks that both give the same weights.
+With ``decay_on_plateau=False`` the numbers are those of the benchmark's prototype
+(``alsals_bench.layerwise``), which pays a backward pass per part instead of sharing one; a test
+checks that both give the same weights.
 
 Limits: no fp16 ``GradScaler`` (use bf16 or float32), and no sharded (FSDP2) parameters; with DDP the
 combined trial's loss is averaged over the ranks like every trial of ALSALS.
