@@ -153,6 +153,11 @@ def test_plateau_detector_calls_a_flat_noisy_loss_a_plateau_and_a_falling_one_no
     calls = [flat.update(1.0 + n) for n in noise]
     assert not any(calls[:79]) and any(calls[79:])  # only once two windows are full
     assert not flat.update(float("nan"))  # a non-finite loss is not recorded
+    # a large first loss and a fast fall: the noise is measured around the last window's trend, so
+    # neither counts as noise, and the still-falling loss is not called a plateau at the first chance
+    transient = PlateauDetector(total_steps=400)
+    calls = [transient.update((29.4 if t == 0 else 0.3 + 2.0 * math.exp(-t / 40)) + n) for t, n in enumerate(noise)]
+    assert not any(calls[:200]) and any(calls[200:])
     resumed = PlateauDetector(total_steps=400)
     resumed.load_state_dict(flat.state_dict())
     assert resumed.update(1.0) == flat.update(1.0)

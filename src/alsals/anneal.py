@@ -75,14 +75,17 @@ PLATEAU_STANDARD_ERRORS = 2.0
 class PlateauDetector:
     """Whether the batch loss has stopped falling: the mean of the last ``w`` first losses is not
     below the mean of the ``w`` before it by ``z`` standard errors of their difference,
-    ``mean(last) > mean(before) − z·√((var(last) + var(before))/w)`` (population variances).
+    ``mean(last) > mean(before) − z·σ·√(2/w)``, where ``σ²`` is the noise of one batch's loss,
+    measured in the last window around its own least-squares line (the residual variance,
+    ``RSS/(w − 2)``).
 
-    ``w = max(2, round(0.1·T))``: the end of a run is judged over about its last tenth, and the
+    ``w = max(3, round(0.1·T))``: the end of a run is judged over about its last tenth, and the
     default decay (``f = 0.2``) spans two such windows; ``z = 2``: a fall smaller than twice its
-    standard error is not told apart from the batches' noise. The batch losses of one window are
-    those of different batches at nearby weights, so their spread is the batches' noise plus the
-    fall within the window, which makes the test conservative (it calls a plateau only when the
-    loss is flat within the noise). Non-finite losses are not recorded.
+    standard error is not told apart from the batches' noise. The noise is measured around the last
+    window's trend, not as the windows' raw spread, so that neither a fall within a window nor the
+    large losses of the first steps count as noise (they would make a clear fall look
+    insignificant and call a plateau while the loss is still falling). Non-finite losses are not
+    recorded.
 
     Cost: O(1) per step. The windows' sums (of the losses less a reference value, the mean at the
     last exact count, so that the variances do not cancel) slide with each loss and are counted
@@ -91,11 +94,13 @@ class PlateauDetector:
 
     def __init__(self, total_steps: int, window_fraction: float = PLATEAU_WINDOW_FRACTION,
                  standard_errors: float = PLATEAU_STANDARD_ERRORS) -> None:
-        self.window = max(2, int(round(window_fraction * total_steps)))
+        self.window = max(3, int(round(window_fraction * total_steps)))
         self.standard_errors = float(standard_errors)
         self.losses: Deque[float] = deque(maxlen=2 * self.window)
         self._reference = 0.0
-        self._sums = [0.0, 0.0, 0.0, 0.0]  # Σ(x − r) and Σ(x − r)² over the window before, then the last
+        #: over the window before: Σy; over the last window: Σy, Σy², Σi·y (y = loss − reference,
+        #: i = 0..w−1 the position in the window)
+        self._sums = [0.0, 0.0, 0.0, 0.0]
         self._slid = 0  # losses slid in since the last exact count
 
     def _count(self) -> None:
@@ -104,8 +109,8 @@ class PlateauDetector:
         self._reference = math.fsum(values) / len(values)
         before = [x - self._reference for x in values[:w]]
         last = [x - self._reference for x in values[w:]]
-        self._sums = [math.fsum(before), math.fsum(x * x for x in before),
-                      math.fsum(last), math.fsum(x * x for x in last)]
+        self._sums = [math.fsum(before), math.fsum(last), math.fsum(y * y for y in last),
+                      math.fsum(i * y for i, y in enumerate(last))]
         self._slid = 0
 
     def update(self, loss: float) -> bool:
@@ -113,25 +118,28 @@ class PlateauDetector:
         if not math.isfinite(loss):
             return False
         loss = float(loss)
-        full = len(self.losses) == 2 * self.window
+        w = self.window
+        full = len(self.losses) == 2 * w
         if full:  # the oldest loss leaves the window before; the oldest of the last moves into it
-            leaving, moving = self.losses[0] - self._reference, self.losses[self.window] - self._reference
+            leaving, moving = self.losses[0] - self._reference, self.losses[w] - self._reference
         self.losses.append(loss)
-        if len(self.losses) < 2 * self.window:
+        if len(self.losses) < 2 * w:
             return False
-        if not full or self._slid + 1 >= self.window:
+        if not full or self._slid + 1 >= w:
             self._count()
         else:
             entering = loss - self._reference
-            sb, qb, sl, ql = self._sums
-            self._sums = [sb - leaving + moving, qb - leaving * leaving + moving * moving,
-                          sl - moving + entering, ql - moving * moving + entering * entering]
+            before, last, squares, moments = self._sums
+            self._sums = [before - leaving + moving, last - moving + entering,
+                          squares - moving * moving + entering * entering,
+                          moments - (last - moving) + (w - 1) * entering]
             self._slid += 1
-        w = float(self.window)
-        sb, qb, sl, ql = self._sums
-        mean_before, mean_last = sb / w, sl / w
-        variance = max(0.0, qb / w - mean_before**2) + max(0.0, ql / w - mean_last**2)
-        return mean_last > mean_before - self.standard_errors * math.sqrt(variance / w)
+        before, last, squares, moments = self._sums
+        centre, spread = (w - 1) / 2.0, w * (w * w - 1) / 12.0  # of the positions 0..w−1
+        trend = moments - centre * last
+        residual = max(0.0, squares - last * last / w - trend * trend / spread)
+        noise = math.sqrt(residual / (w - 2))
+        return last / w > before / w - self.standard_errors * noise * math.sqrt(2.0 / w)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"window": self.window, "standard_errors": self.standard_errors, "losses": list(self.losses)}
