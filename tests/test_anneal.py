@@ -158,6 +158,17 @@ def test_plateau_detector_calls_a_flat_noisy_loss_a_plateau_and_a_falling_one_no
     transient = PlateauDetector(total_steps=400)
     calls = [transient.update((29.4 if t == 0 else 0.3 + 2.0 * math.exp(-t / 40)) + n) for t, n in enumerate(noise)]
     assert not any(calls[:200]) and any(calls[200:])
+    # the first version (noise="spread", for the benchmark's record) counts the transient as noise
+    # and calls the plateau earlier, while the loss still falls
+    def slower(t):
+        return 29.4 if t == 0 else 0.3 + math.exp(-t / 30)
+
+    first, fixed = PlateauDetector(total_steps=400, noise="spread"), PlateauDetector(total_steps=400)
+    spread_calls = [first.update(slower(t) + n) for t, n in enumerate(noise)]
+    residual_calls = [fixed.update(slower(t) + n) for t, n in enumerate(noise)]
+    assert spread_calls[79] and not any(residual_calls[:120])  # at step 80 the loss still falls 3.6x per window
+    with pytest.raises(ValueError, match="noise"):
+        PlateauDetector(total_steps=400, noise="range")
     resumed = PlateauDetector(total_steps=400)
     resumed.load_state_dict(flat.state_dict())
     assert resumed.update(1.0) == flat.update(1.0)

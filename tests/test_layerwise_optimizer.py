@@ -254,10 +254,37 @@ def test_a_part_unused_by_a_step_stays_and_the_others_step():
     opt = alsals.LayerwiseALSALS(model, total_steps=10)
     opt.step(lambda: nn.functional.mse_loss(model(X), Y))
     a, b = model.a.weight.detach().clone(), model.b.weight.detach().clone()
-    steps_b = opt.parts["b"].counters["steps"]
+    before = opt.parts["b"].counters
     opt.step(lambda: nn.functional.mse_loss(model(X, use_b=False), Y))
     assert not torch.equal(model.a.weight, a)
-    assert torch.equal(model.b.weight, b) and opt.parts["b"].counters["steps"] == steps_b
+    after = opt.parts["b"].counters
+    assert torch.equal(model.b.weight, b)
+    # the unused part neither searched nor evaluated, but its clock (and so its anneal) follows the run
+    assert after["forward_evaluations"] == before["forward_evaluations"] and after["searches"] == before["searches"]
+    assert after["steps"] == before["steps"] + 1 == opt.counters["steps"]
+
+
+def test_a_part_frozen_for_a_while_is_annealed_by_the_end_of_the_run_and_decay_starts_agree():
+    """The anneal follows the run's step in every part: a part frozen for some steps, and steps
+    skipped as a whole (a NaN loss), still end the run at the anneal's last factor, and every part's
+    ``decay_start`` equals the optimizer's."""
+    T = 40
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=T)
+    batches = _batches(T)
+    for t, idx in enumerate(batches, start=1):
+        frozen = 10 <= t < 20
+        model[4].requires_grad_(not frozen)
+        if t == 25:  # a step skipped as a whole
+            opt.step(lambda: torch.tensor(float("nan"), requires_grad=True) + 0.0 * model(X[idx]).sum())
+            continue
+        opt.step(lambda idx=idx: nn.functional.mse_loss(model(X[idx]), Y[idx]))
+    assert opt.counters["skipped_steps"] == 1
+    for part in opt.parts.values():
+        state = part.search_state
+        assert state["steps"] == T
+        assert state["last_anneal"] == pytest.approx(1 / (T - (opt.decay_start or T - 8) + 1))
+        assert state["decay_start"] == opt.decay_start
 
 
 def test_a_non_finite_gradient_in_one_part_skips_the_whole_step_once():
@@ -272,7 +299,9 @@ def test_a_non_finite_gradient_in_one_part_skips_the_whole_step_once():
     opt.step(closure)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     assert opt.counters["skipped_steps"] == 1
-    assert all(o.counters["steps"] == 0 for o in opt.parts.values())
+    # no part searched, moved or counted a skip of its own; their clocks follow the run's step
+    assert all(o.counters["forward_evaluations"] == 0 and o.counters["skipped_steps"] == 0 for o in opt.parts.values())
+    assert all(o.counters["steps"] == 1 for o in opt.parts.values())
 
 
 def test_a_closure_that_runs_backward_itself_works_and_its_passes_are_counted():
@@ -462,3 +491,35 @@ def test_decay_on_plateau_starts_every_parts_decay_when_the_loss_stops_falling_a
     torch.manual_seed(0)
     run(plain, plain_model, order)
     assert plain.decay_start == 0 and all(p.search_state["decay_start"] == 0 for p in plain.parts.values())
+
+
+def test_deepcopy_and_pickle_with_a_scheduler_and_hooks_attached_step_the_copy():
+    """An LR scheduler wraps ``opt.step`` on the instance and hooks hold closures: a deep copy (or an
+    unpickled optimizer) drops both, as torch's optimizers do, and steps itself, not the original."""
+    import pickle
+
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=20)
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+    opt.register_step_post_hook(lambda optimizer, args, kwargs: None)
+    _train(model, opt, _batches(2))
+    twin = copy.deepcopy(opt)
+    idx = _batches(3)[2]
+    twin.step(lambda: nn.functional.mse_loss(twin.model(X[idx]), Y[idx]))
+    assert twin.counters["steps"] == 3 and opt.counters["steps"] == 2
+    restored = pickle.loads(pickle.dumps(opt))
+    restored.step(lambda: nn.functional.mse_loss(restored.model(X[idx]), Y[idx]))
+    assert restored.counters["steps"] == 3 and opt.counters["steps"] == 2
+    torch.optim.lr_scheduler.LambdaLR(restored, lambda t: 0.5)  # a scheduler attaches to the copy
+    assert all(g["lr"] == 0.5 for part in restored.parts.values() for g in part.param_groups)
+
+
+def test_unsupported_scalers_and_foreign_state_dicts_get_clear_errors():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model)
+    with pytest.raises(TypeError, match="bf16"):
+        opt.step(lambda: nn.functional.mse_loss(model(X), Y), grad_scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(ValueError, match="not a LayerwiseALSALS state dict"):
+        opt.load_state_dict(alsals.ALSALS(model.parameters()).state_dict())
+    with pytest.warns(UserWarning, match="part_of='blocks'"):
+        alsals.LayerwiseALSALS(nn.Sequential(nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 1))))

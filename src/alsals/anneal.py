@@ -70,6 +70,8 @@ def anneal_factor(shape: str, step: int, total_steps: int, fraction: float, deca
 #: in standard errors of the difference of the two windows' mean losses
 PLATEAU_WINDOW_FRACTION = 0.1
 PLATEAU_STANDARD_ERRORS = 2.0
+#: the plateau test's measures of the batches' noise (:class:`PlateauDetector`)
+PLATEAU_NOISE = ("residual", "spread")
 
 
 class PlateauDetector:
@@ -93,14 +95,20 @@ class PlateauDetector:
     """
 
     def __init__(self, total_steps: int, window_fraction: float = PLATEAU_WINDOW_FRACTION,
-                 standard_errors: float = PLATEAU_STANDARD_ERRORS) -> None:
+                 standard_errors: float = PLATEAU_STANDARD_ERRORS, noise: str = "residual") -> None:
+        if noise not in PLATEAU_NOISE:
+            raise ValueError(f"noise must be one of {', '.join(map(repr, PLATEAU_NOISE))}; got {noise!r}")
         self.window = max(3, int(round(window_fraction * total_steps)))
         self.standard_errors = float(standard_errors)
+        #: "residual" (default): the last window's residual variance around its line; "spread": the
+        #: first version's √((var(before) + var(last))/w) of the windows' raw spread (for the record:
+        #: it counts the first steps' losses and a fall within a window as noise)
+        self.noise = noise
         self.losses: Deque[float] = deque(maxlen=2 * self.window)
         self._reference = 0.0
-        #: over the window before: Σy; over the last window: Σy, Σy², Σi·y (y = loss − reference,
+        #: over the window before: Σy, Σy²; over the last window: Σy, Σy², Σi·y (y = loss − reference,
         #: i = 0..w−1 the position in the window)
-        self._sums = [0.0, 0.0, 0.0, 0.0]
+        self._sums = [0.0, 0.0, 0.0, 0.0, 0.0]
         self._slid = 0  # losses slid in since the last exact count
 
     def _count(self) -> None:
@@ -109,8 +117,8 @@ class PlateauDetector:
         self._reference = math.fsum(values) / len(values)
         before = [x - self._reference for x in values[:w]]
         last = [x - self._reference for x in values[w:]]
-        self._sums = [math.fsum(before), math.fsum(last), math.fsum(y * y for y in last),
-                      math.fsum(i * y for i, y in enumerate(last))]
+        self._sums = [math.fsum(before), math.fsum(y * y for y in before), math.fsum(last),
+                      math.fsum(y * y for y in last), math.fsum(i * y for i, y in enumerate(last))]
         self._slid = 0
 
     def update(self, loss: float) -> bool:
@@ -129,12 +137,15 @@ class PlateauDetector:
             self._count()
         else:
             entering = loss - self._reference
-            before, last, squares, moments = self._sums
-            self._sums = [before - leaving + moving, last - moving + entering,
-                          squares - moving * moving + entering * entering,
+            before, before_squares, last, squares, moments = self._sums
+            self._sums = [before - leaving + moving, before_squares - leaving * leaving + moving * moving,
+                          last - moving + entering, squares - moving * moving + entering * entering,
                           moments - (last - moving) + (w - 1) * entering]
             self._slid += 1
-        before, last, squares, moments = self._sums
+        before, before_squares, last, squares, moments = self._sums
+        if self.noise == "spread":
+            variances = (max(0.0, before_squares / w - (before / w) ** 2) + max(0.0, squares / w - (last / w) ** 2))
+            return last / w > before / w - self.standard_errors * math.sqrt(variances / w)
         centre, spread = (w - 1) / 2.0, w * (w * w - 1) / 12.0  # of the positions 0..w−1
         trend = moments - centre * last
         residual = max(0.0, squares - last * last / w - trend * trend / spread)
@@ -142,13 +153,15 @@ class PlateauDetector:
         return last / w > before / w - self.standard_errors * noise * math.sqrt(2.0 / w)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"window": self.window, "standard_errors": self.standard_errors, "losses": list(self.losses)}
+        return {"window": self.window, "standard_errors": self.standard_errors, "noise": self.noise,
+                "losses": list(self.losses)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (the sums are counted again exactly from the losses)."""
         self.window = int(state["window"])
         self.standard_errors = float(state["standard_errors"])
+        self.noise = str(state.get("noise", "residual"))
         self.losses = deque((float(x) for x in state["losses"]), maxlen=2 * self.window)
-        self._reference, self._sums, self._slid = 0.0, [0.0, 0.0, 0.0, 0.0], 0
+        self._reference, self._sums, self._slid = 0.0, [0.0, 0.0, 0.0, 0.0, 0.0], 0
         if len(self.losses) == 2 * self.window:
             self._count()

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -230,6 +231,9 @@ class LayerwiseALSALS(torch.optim.Optimizer):
             the latest where the anneal starts it), through every part's
             :meth:`alsals.ALSALS.begin_decay` (module docstring, "The decay"). ``False``: the decay
             over the anneal's last ``anneal_fraction`` of the run, as ``ALSALS`` does.
+        plateau_noise: the plateau test's measure of the noise: ``"residual"`` (default; the last
+            window's residuals around its trend) or ``"spread"`` (its first version, kept for the
+            benchmark's record: the windows' raw spread, which a fast early fall inflates).
         part_of: ``"top"`` (default: a parameter's top-level module), ``"blocks"`` (also each element
             of a ``ModuleList``/``Sequential`` inside one: :func:`repeated_blocks`), or the part of a
             parameter from its qualified name in ``model.named_parameters()``; e.g.
@@ -244,7 +248,7 @@ class LayerwiseALSALS(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, params: Optional[Iterable[Any]] = None, *, combined_test: bool = True,
                  part_of: Union[None, str, Callable[[str], str]] = None, amortized_combined_test: bool = False,
-                 decay_on_plateau: bool = True, **kwargs: Any) -> None:
+                 decay_on_plateau: bool = True, plateau_noise: str = "residual", **kwargs: Any) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"LayerwiseALSALS needs the model (an nn.Module) first, got {type(model).__name__}")
         self.model = model
@@ -266,8 +270,10 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         if len(self.parts) == 1:
             warnings.warn(
                 f"LayerwiseALSALS found one part ({next(iter(self.parts))!r}): it steps as ALSALS does. Its parts "
-                "are the model's top-level modules; to split deeper pass part_of, e.g. "
-                "part_of=lambda name: '.'.join(name.split('.')[:3]) for a transformer's blocks.",
+                "are the model's top-level modules; to split deeper pass part_of='blocks' (each element of a "
+                "ModuleList/Sequential inside a top-level module: a wrapped nn.Sequential's layers, a "
+                "transformer's blocks) or a function of the parameter's qualified name (with ALSALSTrainer: "
+                "alsals_kwargs={'part_of': 'blocks'}).",
                 UserWarning, stacklevel=2,
             )
         self.config = next(iter(self.parts.values())).config
@@ -275,9 +281,12 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         #: which it started (0: not yet)
         self.decay_on_plateau = bool(decay_on_plateau)
         total = self.config.total_steps
-        self._plateau = (PlateauDetector(total) if self.decay_on_plateau and total is not None
+        self._plateau = (PlateauDetector(total, noise=plateau_noise) if self.decay_on_plateau and total is not None
                          and self.config.anneal == "wsd" else None)
         self.decay_start = 0
+        #: where the anneal's own decay starts (the plateau test runs only before it)
+        self._fixed_decay_start = (total - max(1, math.ceil(self.config.anneal_fraction * total))
+                                   if total is not None else 0)
         # torch.optim.Optimizer's bookkeeping (hooks, defaults) over the parts' own group dicts, the
         # same objects: a scheduler's lr reaches the part. Optimizer.__init__ assigns an empty state,
         # which the read-only ``state`` property accepts; the parts keep the real one.
@@ -327,20 +336,30 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     def __getstate__(self) -> Dict[str, Any]:
-        # every attribute (the parts, the model, the combined step's state), not torch.optim.Optimizer's three
-        return self.__dict__.copy()
+        # every attribute (the parts, the model, the combined step's state), not torch.optim.Optimizer's
+        # three; as torch does, without the hooks and without an LR scheduler's wrapper of ``step``
+        # (an instance attribute bound to this object: a copy would step the original)
+        return {key: value for key, value in self.__dict__.items()
+                if key != "step" and not (key.startswith("_optimizer_") and key.endswith("_hooks"))}
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
+        for key in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+                    "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+                    "_optimizer_load_state_dict_post_hooks"):
+            self.__dict__.setdefault(key, OrderedDict())
+        self._patch_step_function()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(parts={list(self.parts)}, combined_test={self.combined_test})"
 
     @property
     def search_state(self) -> Dict[str, Any]:
-        """The carried state of the step (copies): the last step's first loss (``last_loss``), the
-        combined step's scale and averages, and each part's :attr:`alsals.ALSALS.search_state`."""
-        return {"last_loss": self._last_loss, "scale": self.scale, "smoothed_decrease": self.smoothed_decrease,
+        """The carried state of the step (copies): the last step's first loss (``last_loss``), the step
+        after which the decay began early (``decay_start``, 0: not early), the combined step's scale
+        and averages, and each part's :attr:`alsals.ALSALS.search_state`."""
+        return {"last_loss": self._last_loss, "decay_start": self.decay_start, "scale": self.scale,
+                "smoothed_decrease": self.smoothed_decrease,
                 "smoothed_prediction": self.smoothed_prediction,
                 "parts": {name: opt.search_state for name, opt in self.parts.items()}}
 
@@ -403,6 +422,9 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if not isinstance(state_dict, dict) or "parts" not in state_dict or "combined" not in state_dict:
+            raise ValueError("LayerwiseALSALS.load_state_dict: this is not a LayerwiseALSALS state dict (it has no "
+                             "'parts' and 'combined'; an ALSALS or torch optimizer's state loads into that optimizer)")
         parts = state_dict.get("parts")
         if not isinstance(parts, dict) or list(parts) != list(self.parts):
             found = list(parts) if isinstance(parts, dict) else None
@@ -437,7 +459,8 @@ class LayerwiseALSALS(torch.optim.Optimizer):
     def _all_params(self) -> List[Tensor]:
         return [p for name in self.parts for p in self._params(name)]
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Optional[Callable[[], Any]] = None,  # type: ignore[override]
+             grad_scaler: Optional[Any] = None) -> Tensor:
         """Evaluate the closure once with gradients, let every part search its own step from that
         gradient, test their sum (``combined_test``) and move. Returns the first loss, detached.
 
@@ -445,6 +468,9 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         skipped as a whole (no part moves or advances; ``skipped_steps`` counts it). A part that
         gets no gradient in this step (frozen, or an unused branch) stays where it is. The first
         evaluation's gradient is left in ``p.grad``, as ALSALS leaves it."""
+        if grad_scaler is not None:
+            raise TypeError("LayerwiseALSALS does not support fp16 with a GradScaler (grad_scaler=); use bf16 "
+                            "autocast inside the closure (no scaler needed), or ALSALS, which takes grad_scaler=")
         if closure is None or not callable(closure):
             raise TypeError("LayerwiseALSALS.step() needs a closure that returns the batch loss, as ALSALS does: "
                             "opt.step(lambda: loss_fn(model(x), y))")
@@ -468,6 +494,8 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         self._last_loss = loss0
         if not math.isfinite(loss0) or found_inf != 0.0:
             self._skipped_steps += 1
+            for opt in self.parts.values():  # the parts' anneal follows the run's step
+                opt._count_idle_step()
             return loss
         with torch.no_grad():
             buffers = [b.detach().clone() for b in self.model.buffers()]
@@ -485,6 +513,7 @@ class LayerwiseALSALS(torch.optim.Optimizer):
                 part_grads = {p: grads[p] for p in self._params(name) if p in grads}
                 if not part_grads:  # frozen, or unused by this step's loss: the part stays
                     ends[name] = starts[name]
+                    opt._count_idle_step()  # its anneal follows the run's step
                     continue
                 before.restore()
                 given = _FirstEvaluationGiven(closure, loss, part_grads, self.model, forward_only)
@@ -513,7 +542,8 @@ class LayerwiseALSALS(torch.optim.Optimizer):
             for p in params:  # the first evaluation's gradient, as ALSALS leaves it
                 p.grad = grads.get(p)
         self._set(starts, ends, set(self.parts), scale)
-        if self._plateau is not None and self.decay_start == 0 and self._plateau.update(loss0):
+        if (self._plateau is not None and self.decay_start == 0 and self._steps < self._fixed_decay_start
+                and self._plateau.update(loss0)):
             self.decay_start = self._steps
             for opt in self.parts.values():
                 opt.begin_decay()

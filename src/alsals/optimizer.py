@@ -993,9 +993,19 @@ class ALSALS(Optimizer):
         (:mod:`alsals.anneal`). Only an earlier start counts: once started, or past the anneal's own
         start, nothing changes. Saved in ``state_dict()``. Without ``total_steps`` it does nothing."""
         state = self._settle()  # the steps taken, amortized ones included
-        if self.config.total_steps is None or self.config.anneal != "wsd" or state.decay_start > 0:
+        total = self.config.total_steps
+        if total is None or self.config.anneal != "wsd" or state.decay_start > 0:
             return
+        if state.steps >= total - max(1, math.ceil(self.config.anneal_fraction * total)):
+            return  # the anneal's own decay has begun
         self._publish(replace(state, decay_start=max(1, state.steps)))
+
+    def _count_idle_step(self) -> None:
+        """Count a step of the run in which this optimizer did not step (``LayerwiseALSALS``: a part
+        without gradients, or a step skipped as a whole), so that its anneal follows the run's
+        step: ``steps`` advances, nothing else (no counter, no move, no moment)."""
+        state = self._settle()
+        self._publish(replace(state, steps=state.steps + 1))
 
     def _read(self, values: List[Tensor], num_means: int, local: Iterable[Tensor] = ()) -> List[float]:
         """Reduce ``values`` across ranks (when distributed) and read them back, with this rank's

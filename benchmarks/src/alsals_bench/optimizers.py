@@ -646,7 +646,8 @@ for _name, _told, _joint, _scaled in (
 
 
 def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test: bool = False,
-                               part_of: str = "top", anneal: str | None = None, decay_on_plateau: bool = False):
+                               part_of: str = "top", anneal: str | None = None, decay_on_plateau: bool = False,
+                               plateau_noise: str | None = None):
     def factory(model, ctx: RunContext) -> Built:
         import alsals
 
@@ -659,6 +660,8 @@ def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test:
             args["anneal"] = anneal
         if knows_total_steps:  # the rows before the ninth round decay at the anneal's own start
             args["decay_on_plateau"] = decay_on_plateau
+        if plateau_noise is not None:
+            args["plateau_noise"] = plateau_noise
         groups = decay_groups(model, ctx.weight_decay)
         opt = alsals.LayerwiseALSALS(model, groups, **args)
         return Built(opt, None, {"class": "alsals.LayerwiseALSALS", "arguments": args, "shared_backward": True,
@@ -711,6 +714,15 @@ register_optimizer(OptimizerSpec(
     protocol="alsals", family="alsals",
     description="alsals.LayerwiseALSALS(decay_on_plateau=True): the per-layer optimizer told the run's length "
     "(total_steps=T), its decay started when the batch loss stops falling",
+    step_size=_alsals_step, knows_total_steps=True,
+))
+# "-plateau-spread": the plateau test's first version (the windows' raw spread as the noise), for the record.
+register_optimizer(OptimizerSpec(
+    name="alsals-layerwise-lib-plateau-spread",
+    factory=_layerwise_library_factory(True, decay_on_plateau=True, plateau_noise="spread"),
+    protocol="alsals", family="alsals",
+    description="alsals.LayerwiseALSALS(plateau_noise='spread'): the per-layer optimizer told the run's length, "
+    "the plateau test's first version (the noise as the two windows' raw spread)",
     step_size=_alsals_step, knows_total_steps=True,
 ))
 # The ALSALS defaults with the same linear decay (ninth round), for the ablation on one optimizer.

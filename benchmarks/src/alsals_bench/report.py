@@ -62,6 +62,8 @@ ROW_NOTES = {
     "optimizer with the linear decay to zero over the run",
     "alsals-layerwise-lib-plateau": "LayerwiseALSALS(model, total_steps=T), the ninth round's default: its decay "
     "starts when the batch loss stops falling (decay_on_plateau=True)",
+    "alsals-layerwise-lib-plateau-spread": "ablation: the same with the plateau test's first version "
+    "(plateau_noise='spread': the windows' raw spread as the noise)",
     "alsals-smooth-per-step": "ablation: 0.1 + the smoothing's memory counted in steps, total_steps=T",
     "alsals-smooth-per-step-anytime": "ablation: the same, no anneal, evaluated at its average",
     "alsals-doubling": "ablation: 0.1 + the doubling interval rule (any cut: search again next step), total_steps=T",
