@@ -716,6 +716,15 @@ register_optimizer(OptimizerSpec(
     "(total_steps=T), its decay started when the batch loss stops falling",
     step_size=_alsals_step, knows_total_steps=True,
 ))
+# "-wsd": the told per-layer optimizer without the plateau test (decay_on_plateau=False, as
+# alsals-layerwise-lib), run again on the ninth round's machine for a same-machine ablation of the rule.
+register_optimizer(OptimizerSpec(
+    name="alsals-layerwise-lib-wsd", factory=_layerwise_library_factory(True, decay_on_plateau=False),
+    protocol="alsals", family="alsals",
+    description="alsals.LayerwiseALSALS(decay_on_plateau=False): the per-layer optimizer told the run's length, "
+    "its decay over the last 20% (alsals-layerwise-lib's settings; the same-machine ablation of the plateau rule)",
+    step_size=_alsals_step, knows_total_steps=True,
+))
 # "-plateau-spread": the plateau test's first version (the windows' raw spread as the noise), for the record.
 register_optimizer(OptimizerSpec(
     name="alsals-layerwise-lib-plateau-spread",

@@ -64,6 +64,8 @@ ROW_NOTES = {
     "starts when the batch loss stops falling (decay_on_plateau=True)",
     "alsals-layerwise-lib-plateau-spread": "ablation: the same with the plateau test's first version "
     "(plateau_noise='spread': the windows' raw spread as the noise)",
+    "alsals-layerwise-lib-wsd": "ablation: LayerwiseALSALS(model, decay_on_plateau=False, total_steps=T), the "
+    "decay over the last 20% (the eighth round's), on the ninth round's machine",
     "alsals-smooth-per-step": "ablation: 0.1 + the smoothing's memory counted in steps, total_steps=T",
     "alsals-smooth-per-step-anytime": "ablation: the same, no anneal, evaluated at its average",
     "alsals-doubling": "ablation: 0.1 + the doubling interval rule (any cut: search again next step), total_steps=T",
