@@ -30,34 +30,45 @@ def test_linear_and_cosine_shapes():
         anneal_factor("step", 1, 10, 0.2)
 
 
-@pytest.mark.parametrize("shape", ["wsd", "linear", "cosine"])
-def test_built_in_anneal_equals_the_same_schedule_on_the_lr_multiplier(shape):
-    """total_steps scales the committed step exactly as a LambdaLR with the same factor does: the
-    search (the step sizes) is untouched by it."""
+def _built_in_against_lambda_lr(built_in_kwargs, factor, after_step=None, steps=30):
+    """Train the same MLP twice on the same batches: with ALSALS's built-in anneal (``built_in_kwargs``,
+    ``after_step(opt, i)`` called after step ``i``) and with a ``LambdaLR`` of ``factor(t)`` (``t``
+    1-based) on the ``lr`` multiplier; check that both search the same step sizes and end at the same
+    weights; return the first run's optimizer."""
     X, y = regression_data()
-    order = batches(len(X), 32, 30)
+    order = batches(len(X), 32, steps)
     runs = []
     for built_in in (True, False):
         model = mlp(dropout=0.1)
         if built_in:
-            opt = alsals.ALSALS(model.parameters(), total_steps=30, anneal=shape, amortized=False)
+            opt = alsals.ALSALS(model.parameters(), total_steps=steps, amortized=False, **built_in_kwargs)
             sched = None
         else:
             opt = alsals.ALSALS(model.parameters(), amortized=False)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: anneal_factor(shape, t + 1, 30, 0.2))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: factor(t + 1))
         torch.manual_seed(0)
         etas = []
-        for idx in order:
+        for i, idx in enumerate(order, start=1):
             opt.step(lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean())
             etas.append(opt.step_size)
+            if built_in and after_step is not None:
+                after_step(opt, i)
             if sched:
                 sched.step()
-        runs.append((etas, [p.detach().clone() for p in model.parameters()], opt.search_state))
-    (e1, p1, s1), (e2, p2, _) = runs
+        runs.append((etas, [p.detach().clone() for p in model.parameters()], opt))
+    (e1, p1, o1), (e2, p2, _) = runs
     assert e1 == e2
     for a, b in zip(p1, p2):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    assert s1["last_anneal"] == pytest.approx(anneal_factor(shape, 30, 30, 0.2))
+    return o1
+
+
+@pytest.mark.parametrize("shape", ["wsd", "linear", "cosine"])
+def test_built_in_anneal_equals_the_same_schedule_on_the_lr_multiplier(shape):
+    """total_steps scales the committed step exactly as a LambdaLR with the same factor does: the
+    search (the step sizes) is untouched by it."""
+    opt = _built_in_against_lambda_lr({"anneal": shape}, lambda t: anneal_factor(shape, t, 30, 0.2))
+    assert opt.search_state["last_anneal"] == pytest.approx(anneal_factor(shape, 30, 30, 0.2))
 
 
 def test_running_past_total_steps_warns_once_and_keeps_training():
@@ -104,34 +115,15 @@ def test_begin_decay_equals_the_same_schedule_on_the_lr_multiplier_and_resumes()
     """ALSALS.begin_decay() after step s: the committed steps of the later steps are those of a
     LambdaLR with the factor (T − t + 1)/(T − s + 1); the search is untouched; state_dict keeps it;
     once started, or without total_steps, it does nothing."""
-    X, y = regression_data()
-    order = batches(len(X), 32, 30)
-    runs = []
-    for built_in in (True, False):
-        model = mlp(dropout=0.1)
-        if built_in:
-            opt = alsals.ALSALS(model.parameters(), total_steps=30, amortized=False)
-            sched = None
-        else:
-            opt = alsals.ALSALS(model.parameters(), amortized=False)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda t: anneal_factor("wsd", t + 1, 30, 0.2, decay_start=10))
-        torch.manual_seed(0)
-        etas = []
-        for i, idx in enumerate(order, start=1):
-            opt.step(lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean())
-            etas.append(opt.step_size)
-            if built_in and i == 10:
-                opt.begin_decay()
-                opt.begin_decay()  # a second call changes nothing
-                assert opt.search_state["decay_start"] == 10
-            if sched:
-                sched.step()
-        runs.append((etas, [p.detach().clone() for p in model.parameters()], opt))
-    (e1, p1, o1), (e2, p2, _) = runs
-    assert e1 == e2
-    for a, b in zip(p1, p2):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    def begin_after_step_10(opt, i):
+        if i == 10:
+            opt.begin_decay()
+            opt.begin_decay()  # a second call changes nothing
+            assert opt.search_state["decay_start"] == 10
+
+    o1 = _built_in_against_lambda_lr({}, lambda t: anneal_factor("wsd", t, 30, 0.2, decay_start=10),
+                                     after_step=begin_after_step_10)
+    assert o1.search_state["decay_start"] == 10
     assert o1.search_state["last_anneal"] == pytest.approx(1 / 21)
     resumed = alsals.ALSALS(mlp().parameters(), total_steps=30)
     resumed.load_state_dict(o1.state_dict())

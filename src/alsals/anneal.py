@@ -40,6 +40,11 @@ from typing import Any, Deque, Dict
 ANNEAL_SHAPES = ("wsd", "linear", "cosine")
 
 
+def wsd_decay_start(total_steps: int, fraction: float) -> int:
+    """The last step of ``"wsd"``'s stable phase, ``T − ⌈f·T⌉`` (at least one step of decay)."""
+    return total_steps - max(1, math.ceil(fraction * total_steps))
+
+
 def anneal_factor(shape: str, step: int, total_steps: int, fraction: float, decay_start: int = 0) -> float:
     """The factor ``a(t)`` of the committed step at optimizer step ``step`` (1-based).
 
@@ -57,7 +62,7 @@ def anneal_factor(shape: str, step: int, total_steps: int, fraction: float, deca
     if shape == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * (t - 1) / total_steps))
     if shape == "wsd":
-        stable = total_steps - max(1, math.ceil(fraction * total_steps))
+        stable = wsd_decay_start(total_steps, fraction)
         if decay_start > 0:
             stable = min(stable, decay_start)
         if t <= stable:

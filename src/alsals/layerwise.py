@@ -82,7 +82,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor, nn
 
-from .anneal import PlateauDetector
+from .anneal import PlateauDetector, wsd_decay_start
 from .closure import ClosureEvaluator, RandomState, check_loss
 from .optimizer import ALSALS
 from .search import plan, smooth
@@ -285,8 +285,7 @@ class LayerwiseALSALS(torch.optim.Optimizer):
                          and self.config.anneal == "wsd" else None)
         self.decay_start = 0
         #: where the anneal's own decay starts (the plateau test runs only before it)
-        self._fixed_decay_start = (total - max(1, math.ceil(self.config.anneal_fraction * total))
-                                   if total is not None else 0)
+        self._fixed_decay_start = wsd_decay_start(total, self.config.anneal_fraction) if total is not None else 0
         # torch.optim.Optimizer's bookkeeping (hooks, defaults) over the parts' own group dicts, the
         # same objects: a scheduler's lr reaches the part. Optimizer.__init__ assigns an empty state,
         # which the read-only ``state`` property accepts; the parts keep the real one.

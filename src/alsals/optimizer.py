@@ -35,6 +35,7 @@ from torch.optim import Optimizer
 
 from . import averaging, distributed, kernels
 from ._validation import check_range
+from .anneal import wsd_decay_start
 from .closure import CLOSURE_REQUIRED_MESSAGE, ClosureEvaluator, ModuleCache
 from .config import ALSALSConfig, resolve_config
 from .distributed import Reducer, local_tensor
@@ -996,7 +997,7 @@ class ALSALS(Optimizer):
         total = self.config.total_steps
         if total is None or self.config.anneal != "wsd" or state.decay_start > 0:
             return
-        if state.steps >= total - max(1, math.ceil(self.config.anneal_fraction * total)):
+        if state.steps >= wsd_decay_start(total, self.config.anneal_fraction):
             return  # the anneal's own decay has begun
         self._publish(replace(state, decay_start=max(1, state.steps)))
 

@@ -697,43 +697,33 @@ for _name, _told in (("alsals-layerwise-lib-blocks", True), ("alsals-layerwise-l
     ))
 
 
-# "-linear" (ninth round): the told per-layer optimizer with the linear decay to zero over the whole run
-# instead of the default warmup-stable-decay's last 20% (its regression loss is a gradient-noise floor).
-register_optimizer(OptimizerSpec(
-    name="alsals-layerwise-lib-linear", factory=_layerwise_library_factory(True, anneal="linear"),
-    protocol="alsals", family="alsals",
-    description="alsals.LayerwiseALSALS(anneal='linear'): the per-layer optimizer told the run's length "
-    "(total_steps=T), its committed steps decayed linearly to zero over the whole run",
-    step_size=_alsals_step, knows_total_steps=True,
-))
-# "-plateau" (ninth round, LayerwiseALSALS's default since): the told per-layer optimizer whose decay
-# starts when the batch loss has stopped falling (decay_on_plateau=True), at the latest where the
-# anneal starts it. ("alsals-layerwise-lib" and the other told library rows keep decay_on_plateau=False.)
-register_optimizer(OptimizerSpec(
-    name="alsals-layerwise-lib-plateau", factory=_layerwise_library_factory(True, decay_on_plateau=True),
-    protocol="alsals", family="alsals",
-    description="alsals.LayerwiseALSALS(decay_on_plateau=True): the per-layer optimizer told the run's length "
-    "(total_steps=T), its decay started when the batch loss stops falling",
-    step_size=_alsals_step, knows_total_steps=True,
-))
-# "-wsd": the told per-layer optimizer without the plateau test (decay_on_plateau=False, as
-# alsals-layerwise-lib), run again on the ninth round's machine for a same-machine ablation of the rule.
-register_optimizer(OptimizerSpec(
-    name="alsals-layerwise-lib-wsd", factory=_layerwise_library_factory(True, decay_on_plateau=False),
-    protocol="alsals", family="alsals",
-    description="alsals.LayerwiseALSALS(decay_on_plateau=False): the per-layer optimizer told the run's length, "
-    "its decay over the last 20% (alsals-layerwise-lib's settings; the same-machine ablation of the plateau rule)",
-    step_size=_alsals_step, knows_total_steps=True,
-))
+# The ninth round's told library rows:
+# "-linear": the linear decay to zero over the whole run instead of the default warmup-stable-decay's
+#   last 20% (its regression loss is a gradient-noise floor);
+# "-plateau" (LayerwiseALSALS's default since): the decay starts when the batch loss has stopped
+#   falling (decay_on_plateau=True), at the latest where the anneal starts it ("alsals-layerwise-lib"
+#   and the other told library rows keep decay_on_plateau=False);
+# "-wsd": without the plateau test (as alsals-layerwise-lib), run again on the ninth round's machine for
+#   a same-machine ablation of the rule;
 # "-plateau-spread": the plateau test's first version (the windows' raw spread as the noise), for the record.
-register_optimizer(OptimizerSpec(
-    name="alsals-layerwise-lib-plateau-spread",
-    factory=_layerwise_library_factory(True, decay_on_plateau=True, plateau_noise="spread"),
-    protocol="alsals", family="alsals",
-    description="alsals.LayerwiseALSALS(plateau_noise='spread'): the per-layer optimizer told the run's length, "
-    "the plateau test's first version (the noise as the two windows' raw spread)",
-    step_size=_alsals_step, knows_total_steps=True,
-))
+for _name, _settings, _description in (
+        ("alsals-layerwise-lib-linear", {"anneal": "linear"},
+         "alsals.LayerwiseALSALS(anneal='linear'): the per-layer optimizer told the run's length "
+         "(total_steps=T), its committed steps decayed linearly to zero over the whole run"),
+        ("alsals-layerwise-lib-plateau", {"decay_on_plateau": True},
+         "alsals.LayerwiseALSALS(decay_on_plateau=True): the per-layer optimizer told the run's length "
+         "(total_steps=T), its decay started when the batch loss stops falling"),
+        ("alsals-layerwise-lib-wsd", {"decay_on_plateau": False},
+         "alsals.LayerwiseALSALS(decay_on_plateau=False): the per-layer optimizer told the run's length, "
+         "its decay over the last 20% (alsals-layerwise-lib's settings; the same-machine ablation of the plateau "
+         "rule)"),
+        ("alsals-layerwise-lib-plateau-spread", {"decay_on_plateau": True, "plateau_noise": "spread"},
+         "alsals.LayerwiseALSALS(plateau_noise='spread'): the per-layer optimizer told the run's length, "
+         "the plateau test's first version (the noise as the two windows' raw spread)")):
+    register_optimizer(OptimizerSpec(
+        name=_name, factory=_layerwise_library_factory(True, **_settings), protocol="alsals", family="alsals",
+        description=_description, step_size=_alsals_step, knows_total_steps=True,
+    ))
 # The ALSALS defaults with the same linear decay (ninth round), for the ablation on one optimizer.
 register_alsals_variant("alsals-anneal-linear", anneal="linear", knows_total_steps=True)
 
