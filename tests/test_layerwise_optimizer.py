@@ -523,3 +523,68 @@ def test_unsupported_scalers_and_foreign_state_dicts_get_clear_errors():
         opt.load_state_dict(alsals.ALSALS(model.parameters()).state_dict())
     with pytest.warns(UserWarning, match="part_of='blocks'"):
         alsals.LayerwiseALSALS(nn.Sequential(nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 1))))
+
+
+def test_state_of_a_parameter_without_state_reads_empty_as_a_torch_optimizers_does():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    first = model[0].weight
+    assert opt.state[first] == {}  # before any step: torch's defaultdict(dict)
+    model[4].requires_grad_(False)  # a part that never gets a gradient
+    _train(model, opt, _batches(2))
+    assert "exp_avg" in opt.state[first]
+    assert opt.state[model[4].weight] == {}
+    assert model[4].weight not in opt.parts["4"].state  # reading it stored nothing in the part
+
+
+def test_torch_step_hooks_fire_once_per_step_not_once_more_per_part():
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    assert len(opt.parts) == 3
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, args, kwargs: calls.append(("global pre", type(o)))),
+               register_optimizer_step_post_hook(lambda o, args, kwargs: calls.append(("global post", type(o)))),
+               opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", type(o)))),
+               opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", type(o))))]
+    try:
+        _train(model, opt, _batches(2))
+    finally:
+        for handle in handles:
+            handle.remove()
+    kind = alsals.LayerwiseALSALS
+    assert calls == [("global pre", kind), ("pre", kind), ("post", kind), ("global post", kind)] * 2
+    assert opt.counters["searches"] >= 3  # the parts did step
+
+
+def test_state_dict_hooks_run_as_torch_runs_them():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    _train(model, opt, _batches(2))
+    calls = []
+    opt.register_state_dict_pre_hook(lambda o: calls.append("pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "note": calls.append("post") or "saved"})
+    opt.register_load_state_dict_pre_hook(
+        lambda o, sd: calls.append("load pre") or {k: v for k, v in sd.items() if k != "note"})
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load post"))
+    saved = opt.state_dict()
+    assert saved["note"] == "saved" and calls == ["pre", "post"]
+    twin = alsals.LayerwiseALSALS(model, total_steps=10)
+    twin.register_load_state_dict_pre_hook(lambda o, sd: {k: v for k, v in sd.items() if k != "note"})
+    twin.load_state_dict(saved)  # the pre hook's dict is the one loaded
+    assert twin.counters == opt.counters
+    opt.load_state_dict(saved)
+    assert calls == ["pre", "post", "load pre", "load post"]
+    assert "note" in saved  # the caller's dict is not changed
+
+
+def test_grad_scaler_step_with_a_closure_gets_the_clear_error():
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(torch.ones(()))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(FutureWarning), pytest.raises(TypeError, match="bf16"):
+        scaler.step(opt, lambda: nn.functional.mse_loss(model(X), Y))
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))

@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -208,6 +208,15 @@ class _FirstEvaluationGiven:
         return self._closure()
 
 
+def _step_without_hooks(opt: ALSALS, closure: Callable[[], Any]) -> Any:
+    """A part's step without torch's optimizer step hooks: the global ones
+    (``torch.optim.optimizer.register_optimizer_step_pre_hook``) and those registered on the
+    :class:`LayerwiseALSALS` fire once per step, around its own ``step``, not once more per part.
+    torch wraps ``ALSALS.step`` (``functools.wraps``: the function is ``__wrapped__``) to run them."""
+    step = getattr(type(opt).step, "__wrapped__", None)
+    return step(opt, closure) if step is not None else opt.step(closure)
+
+
 class LayerwiseALSALS(torch.optim.Optimizer):
     """One :class:`alsals.ALSALS` per top-level module of ``model``, stepping together (module
     docstring: the parts, one shared backward, the combined step's test).
@@ -245,6 +254,11 @@ class LayerwiseALSALS(torch.optim.Optimizer):
     and ``train()`` around evaluation when it keeps averages of the iterates (no ``total_steps``),
     ``state_dict()`` / ``load_state_dict()`` to resume.
     """
+
+    #: torch's GradScaler then passes itself as ``grad_scaler=`` to :meth:`step`, which says what to
+    #: do instead (without it, ``scaler.step(opt, closure)`` would unscale gradients the closure has
+    #: not made yet and step on scaled ones)
+    _step_supports_amp_scaling = True
 
     def __init__(self, model: nn.Module, params: Optional[Iterable[Any]] = None, *, combined_test: bool = True,
                  part_of: Union[None, str, Callable[[str], str]] = None, amortized_combined_test: bool = False,
@@ -319,8 +333,11 @@ class LayerwiseALSALS(torch.optim.Optimizer):
     @property  # type: ignore[override]
     def state(self) -> Dict[Tensor, Dict[str, Any]]:
         """Every part's per-parameter state (Adam's moments, the average) in one mapping, read only:
-        a new dict of the parts' ``opt.state`` entries."""
-        return {p: st for opt in self.parts.values() for p, st in opt.state.items()}
+        a new ``defaultdict(dict)`` of the parts' ``opt.state`` entries, so that, as with a torch
+        optimizer, a parameter with no state yet reads as ``{}``."""
+        merged: Dict[Tensor, Dict[str, Any]] = defaultdict(dict)
+        merged.update((p, st) for opt in self.parts.values() for p, st in opt.state.items())
+        return merged
 
     @state.setter
     def state(self, value: Any) -> None:
@@ -409,6 +426,18 @@ class LayerwiseALSALS(torch.optim.Optimizer):
             opt.train()
 
     def state_dict(self) -> Dict[str, Any]:
+        """The parts' state dicts and the combined step's state. torch's state-dict hooks registered on
+        this optimizer run as torch runs them (a pre hook before, a post hook may return a new dict)."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state_dict = self._state_dict()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def _state_dict(self) -> Dict[str, Any]:
         return {
             "parts": {name: opt.state_dict() for name, opt in self.parts.items()},
             "combined": {"scale": self.scale, "smoothed_decrease": self.smoothed_decrease,
@@ -421,6 +450,20 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         }
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (an optimizer of the same model and parts). torch's
+        load-state-dict hooks registered on this optimizer run as torch runs them (a pre hook may
+        return a new dict; post hooks after loading)."""
+        if isinstance(state_dict, dict):
+            state_dict = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._load_state_dict(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         if not isinstance(state_dict, dict) or "parts" not in state_dict or "combined" not in state_dict:
             raise ValueError("LayerwiseALSALS.load_state_dict: this is not a LayerwiseALSALS state dict (it has no "
                              "'parts' and 'combined'; an ALSALS or torch optimizer's state loads into that optimizer)")
@@ -516,7 +559,7 @@ class LayerwiseALSALS(torch.optim.Optimizer):
                     continue
                 before.restore()
                 given = _FirstEvaluationGiven(closure, loss, part_grads, self.model, forward_only)
-                opt.step(given)
+                _step_without_hooks(opt, given)
                 self._forwards += given.trials
                 self._backward_passes += 0 if forward_only else given.trials
                 with torch.no_grad():
