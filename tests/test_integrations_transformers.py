@@ -312,7 +312,8 @@ def test_logged_values_after_resume_from_checkpoint_average_the_same_window(tmp_
 
 def test_layerwise_trainer_gives_each_block_its_step_size_and_follows_the_schedule(tmp_path):
     """ALSALSTrainer(layerwise=True, alsals_kwargs={"part_of": "blocks"}) trains with LayerwiseALSALS
-    over the Trainer's weight-decay groups: a part per GPT-2 block and the rest of the transformer,
+    over the Trainer's weight-decay groups: a part per GPT-2 block and per other module of the
+    transformer (the LM head's weight is the embedding's),
     one backward per step, the scheduler's multiplier in every part's groups; a LayerwiseALSALS given
     through ``optimizers=`` is stepped as it is."""
     trainer = ALSALSTrainer(model=tiny_gpt2(), args=training_args(tmp_path), train_dataset=CountingSequences(),
@@ -320,7 +321,8 @@ def test_layerwise_trainer_gives_each_block_its_step_size_and_follows_the_schedu
     trainer.train()
     opt = trainer.alsals_optimizer
     assert isinstance(opt, alsals.LayerwiseALSALS)
-    assert list(opt.parts) == ["transformer", "transformer.h.0", "transformer.h.1"]
+    assert list(opt.parts) == ["transformer.wte", "transformer.wpe", "transformer.h.0", "transformer.h.1",
+                               "transformer.ln_f"]  # below the transformer, which only wraps
     counters = opt.counters
     assert counters["steps"] == 20 and counters["backward_passes"] == 20  # trials and combined trials forward-only
     assert counters["combined_trials"] >= 20
@@ -331,6 +333,11 @@ def test_layerwise_trainer_gives_each_block_its_step_size_and_follows_the_schedu
     for part in opt.parts.values():  # the cosine schedule reached every part; decay groups kept
         assert all(g["lr"] == pytest.approx(0.0, abs=1e-12) for g in part.param_groups)
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, trainer.args.weight_decay}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default parts of a Hugging Face model are several: no warning
+        default = alsals.LayerwiseALSALS(tiny_gpt2())
+    assert list(default.parts) == ["transformer.wte", "transformer.wpe", "transformer.h", "transformer.ln_f"]
 
     model = tiny_gpt2()
     given = alsals.LayerwiseALSALS(model, part_of="blocks")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import alsals
-from alsals.layerwise import split_by_top_level_module, unwrapped
+from alsals.layerwise import repeated_blocks, split_by_top_level_module, top_level_module, unwrapped, wrapper_prefix
 
 X = torch.randn(48, 6, generator=torch.Generator().manual_seed(0))
 Y = torch.randn(48, 1, generator=torch.Generator().manual_seed(1))
@@ -345,8 +345,9 @@ def test_part_of_splits_deeper_and_params_accept_named_parameters():
     blocks.h = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
     opt = alsals.LayerwiseALSALS(blocks, blocks.named_parameters(), part_of=lambda name: ".".join(name.split(".")[:2]))
     assert list(opt.parts) == ["h.0", "h.1", "h.2"]
+    assert list(alsals.LayerwiseALSALS(blocks).parts) == ["h.0", "h.1", "h.2"]  # below the one child
     with pytest.warns(UserWarning, match="part_of"):
-        alsals.LayerwiseALSALS(blocks)  # one top-level module: one part
+        alsals.LayerwiseALSALS(blocks, part_of=top_level_module)  # the rule before: one part
     model = _model()
     with pytest.warns(UserWarning, match="one part"):
         grouped = alsals.LayerwiseALSALS(model, [{"params": model[0].weight, "weight_decay": 0.1}])
@@ -521,8 +522,8 @@ def test_unsupported_scalers_and_foreign_state_dicts_get_clear_errors():
         opt.step(lambda: nn.functional.mse_loss(model(X), Y), grad_scaler=torch.amp.GradScaler("cpu"))
     with pytest.raises(ValueError, match="not a LayerwiseALSALS state dict"):
         opt.load_state_dict(alsals.ALSALS(model.parameters()).state_dict())
-    with pytest.warns(UserWarning, match="part_of='blocks'"):
-        alsals.LayerwiseALSALS(nn.Sequential(nn.Sequential(nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 1))))
+    with pytest.warns(UserWarning, match="part_of='blocks'"):  # a wrapped layer is one part
+        alsals.LayerwiseALSALS(nn.Sequential(nn.Linear(6, 1)))
 
 
 def test_state_of_a_parameter_without_state_reads_empty_as_a_torch_optimizers_does():
@@ -588,3 +589,72 @@ def test_grad_scaler_step_with_a_closure_gets_the_clear_error():
     with pytest.warns(FutureWarning), pytest.raises(TypeError, match="bf16"):
         scaler.step(opt, lambda: nn.functional.mse_loss(model(X), Y))
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+class _Wrapper(nn.Module):
+    """A LightningModule's shape: the network in one attribute, a loss module without parameters."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.model = net
+        self.loss = nn.MSELoss()
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class _TiedLM(nn.Module):
+    """A Hugging Face ``*LMHeadModel``'s shape: a body in ``transformer``, a head tied to its embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.wte = nn.Embedding(11, 4)
+        self.transformer.h = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
+        self.transformer.ln_f = nn.LayerNorm(4)
+        self.lm_head = nn.Linear(4, 11, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(self, tokens):
+        x = self.transformer.wte(tokens)
+        for block in self.transformer.h:
+            x = torch.tanh(block(x))
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+def test_the_parts_are_found_below_the_levels_that_only_wrap():
+    net = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 1))
+    assert wrapper_prefix(net) == ""
+    assert wrapper_prefix(_Wrapper(net)) == "model."
+    assert wrapper_prefix(_Wrapper(_Wrapper(net))) == "model.model."
+    assert wrapper_prefix(_TiedLM()) == "transformer."  # the tied head is named once, in the body
+    assert wrapper_prefix(nn.Sequential(nn.Linear(6, 1))) == ""  # a wrapped layer is not split
+    own = _Wrapper(net)
+    own.temperature = nn.Parameter(torch.ones(()))
+    assert wrapper_prefix(own) == ""  # a level with a parameter of its own splits
+    assert list(alsals.LayerwiseALSALS(own).parts) == ["temperature", "model"]
+
+    wrapped = _Wrapper(_model())
+    opt = alsals.LayerwiseALSALS(wrapped, total_steps=10)
+    assert list(opt.parts) == ["model.0", "model.1", "model.4"]
+    assert list(alsals.LayerwiseALSALS(_TiedLM()).parts) == ["transformer.wte", "transformer.h", "transformer.ln_f"]
+    blocks = alsals.LayerwiseALSALS(_TiedLM(), part_of="blocks").parts
+    assert list(blocks) == ["transformer.wte", "transformer.h.0", "transformer.h.1", "transformer.ln_f"]
+    legacy = repeated_blocks(_TiedLM(), below_wrappers=False)
+    assert [legacy(n) for n in ("transformer.wte.weight", "transformer.h.1.bias")] == ["transformer", "transformer.h.1"]
+    with pytest.warns(UserWarning, match="one part"):  # the rule before: the first component of the name
+        assert list(alsals.LayerwiseALSALS(_TiedLM(), part_of=top_level_module).parts) == ["transformer"]
+
+
+def test_a_wrapped_model_steps_as_the_model_itself():
+    """The wrapper adds a name level and nothing else: the same weights after the same steps."""
+    plain, wrapped = _model(), _Wrapper(_model())
+    batches = _batches(6)
+    opt_plain = alsals.LayerwiseALSALS(plain, total_steps=6)
+    opt_wrapped = alsals.LayerwiseALSALS(wrapped, total_steps=6)
+    torch.manual_seed(9)
+    _train(plain, opt_plain, batches)
+    torch.manual_seed(9)
+    _train(wrapped, opt_wrapped, batches)
+    assert opt_wrapped.counters == opt_plain.counters
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), wrapped.parameters()))

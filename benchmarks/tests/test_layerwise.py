@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from alsals_bench.layerwise import LayerwiseALSALS, parts_of
+from alsals_bench.tasks import TASKS
 
 X = torch.randn(32, 6, generator=torch.Generator().manual_seed(0))
 Y = torch.randn(32, 1, generator=torch.Generator().manual_seed(1))
@@ -223,3 +224,20 @@ def test_the_library_version_takes_the_prototypes_steps_with_one_backward(told, 
     if combined:
         assert library.counters["combined_trials"] == reference.counters["joint_trials"] >= 40
         assert library.scale == reference.scale
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_parts_below_wrappers_change_only_the_hugging_face_gpt2s_parts(name):
+    """The library's part rule of the tenth round (the parts below the levels that only wrap) gives
+    every benchmark task the parts it had before, except the Hugging Face GPT-2, whose parameters all
+    sit in ``transformer``; so only that task's runs of the new rows differ from the old rows'."""
+    from alsals.layerwise import top_level_module, top_level_parts
+
+    model = TASKS[name].build(0).model
+    names = [n for n, _ in model.named_parameters()]
+    new, old = top_level_parts(model), top_level_module
+    if name == "shakespeare_hf_gpt2":
+        assert {old(n) for n in names} == {"transformer"}
+        assert len({new(n) for n in names}) >= 4
+    else:
+        assert [new(n) for n in names] == [old(n) for n in names]

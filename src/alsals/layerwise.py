@@ -9,11 +9,15 @@ part of the network its own step size; :class:`LayerwiseALSALS` does so with ALS
 **Parts.** The parameters are split by the top-level module that holds them (the first component of
 their qualified name in ``model.named_parameters()``: ``embed``, ``gru``, ``head``; ``0``, ``3``,
 ``6`` in an ``nn.Sequential``); a parameter registered on the model itself is a part of its own.
-The model is read inside ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile``.
+The model is read inside ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile``, and
+below the levels that only wrap (:func:`wrapper_prefix`: no parameter of their own, every parameter
+in one child that is itself a container): a LightningModule that keeps its network as
+``self.model`` has the parts ``model.0``, ``model.3``; a Hugging Face GPT-2 ``transformer.wte``,
+``transformer.wpe``, ``transformer.h``, ``transformer.ln_f`` (before the tenth round both were one
+part, plain ALSALS; ``part_of=top_level_module`` keeps that rule).
 ``part_of="blocks"`` also splits the elements of a ``ModuleList``/``Sequential`` inside a top-level
-module (:func:`repeated_blocks`), and a function maps a qualified name to a part (a transformer
-whose blocks sit in one top-level module is otherwise a single part, which is plain ALSALS: that
-warns).
+module (:func:`repeated_blocks`), and a function maps a qualified name to a part (a model whose
+parameters are one part is plain ALSALS: that warns).
 Each part has its own :class:`alsals.ALSALS` with the same settings (step size, anneal, average of
 the iterates, counters and resume state are that part's own).
 
@@ -105,24 +109,67 @@ def unwrapped(model: nn.Module) -> nn.Module:
 
 
 def top_level_module(name: str) -> str:
-    """The default part of a parameter: the first component of its qualified name."""
+    """A parameter's part before the tenth round: the first component of its qualified name."""
     return name.split(".")[0]
 
 
-def repeated_blocks(model: nn.Module) -> Callable[[str], str]:
-    """The part rule ``part_of="blocks"``: a parameter's top-level module, except that inside it an
-    element of an ``nn.ModuleList`` or ``nn.Sequential`` (a transformer's or ResNet's repeated block:
-    ``blocks.0``, ``transformer.h.3``) is a part of its own. A model that is itself an
-    ``nn.Sequential`` keeps its top-level layers (``0``, ``3``) as parts."""
-    containers = {name for name, module in unwrapped(model).named_modules()
+def wrapper_prefix(model: nn.Module) -> str:
+    """The qualified-name prefix of the levels of ``model`` that only wrap (``""`` when none).
+
+    A level only wraps when it holds no parameter of its own, every parameter sits in one child,
+    and that child is a container (it holds no parameter of its own either): a LightningModule's
+    ``model.``, a Hugging Face ``GPT2LMHeadModel``'s ``transformer.`` (its ``lm_head`` weight is
+    ``transformer.wte``'s, named once). Such a level splits nothing, as ``DistributedDataParallel``'s
+    ``module`` splits nothing, so the parts are found below it. Read from
+    ``model.named_parameters()`` (a shared parameter counts where it is first named)."""
+    names = [name for name, _ in unwrapped(model).named_parameters()]
+    prefix = ""
+    while names:
+        rest = [name[len(prefix):] for name in names]
+        firsts = {r.split(".")[0] for r in rest}
+        if any("." not in r for r in rest) or len(firsts) != 1:
+            return prefix
+        child = prefix + firsts.pop() + "."
+        if any("." not in name[len(child):] for name in names):
+            return prefix  # the one child holds parameters itself (a layer): it is the part
+        prefix = child
+    return prefix
+
+
+def top_level_parts(model: nn.Module) -> Callable[[str], str]:
+    """The part rule ``part_of="top"`` (the default): the module right below the levels that only
+    wrap (:func:`wrapper_prefix`) that holds the parameter, by its qualified name (``embed``, ``head``;
+    ``0``, ``3`` in an ``nn.Sequential``; ``model.0`` in a LightningModule that keeps an
+    ``nn.Sequential`` as ``self.model``; ``transformer.wte``, ``transformer.h`` in a Hugging Face
+    GPT-2); a parameter registered on that level itself is a part of its own."""
+    prefix = wrapper_prefix(model)
+
+    def part_of(name: str) -> str:
+        if not name.startswith(prefix):
+            return top_level_module(name)
+        return prefix + top_level_module(name[len(prefix):])
+
+    return part_of
+
+
+def repeated_blocks(model: nn.Module, below_wrappers: bool = True) -> Callable[[str], str]:
+    """The part rule ``part_of="blocks"``: a parameter's part of :func:`top_level_parts`, except
+    that an element of an ``nn.ModuleList`` or ``nn.Sequential`` inside it (a transformer's or
+    ResNet's repeated block: ``blocks.0``, ``transformer.h.3``) is a part of its own. A model that is
+    itself an ``nn.Sequential`` keeps its top-level layers (``0``, ``3``) as parts.
+    ``below_wrappers=False``: the rule before the tenth round, whose other parts are the first
+    components of the names (:func:`top_level_module`)."""
+    unwrapped_model = unwrapped(model)
+    containers = {name for name, module in unwrapped_model.named_modules()
                   if name and isinstance(module, (nn.ModuleList, nn.Sequential))}
+    outer = top_level_parts(unwrapped_model) if below_wrappers else top_level_module
 
     def part_of(name: str) -> str:
         components = name.split(".")
         for i in range(1, len(components) - 1):
             if ".".join(components[:i]) in containers:
                 return ".".join(components[: i + 1])
-        return components[0]
+        return outer(name)
 
     return part_of
 
@@ -243,7 +290,8 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         plateau_noise: the plateau test's measure of the noise: ``"residual"`` (default; the last
             window's residuals around its trend) or ``"spread"`` (its first version, kept for the
             benchmark's record: the windows' raw spread, which a fast early fall inflates).
-        part_of: ``"top"`` (default: a parameter's top-level module), ``"blocks"`` (also each element
+        part_of: ``"top"`` (default: a parameter's top-level module below the levels that only wrap:
+            :func:`top_level_parts`), ``"blocks"`` (also each element
             of a ``ModuleList``/``Sequential`` inside one: :func:`repeated_blocks`), or the part of a
             parameter from its qualified name in ``model.named_parameters()``; e.g.
             ``lambda name: ".".join(name.split(".")[:3])`` gives each block of a Hugging Face
@@ -269,7 +317,7 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         self.combined_test = bool(combined_test)
         self.amortized_combined_test = bool(amortized_combined_test)
         if part_of is None or part_of == "top":
-            rule: Callable[[str], str] = top_level_module
+            rule: Callable[[str], str] = top_level_parts(model)
         elif part_of == "blocks":
             rule = repeated_blocks(model)
         elif callable(part_of):
@@ -690,4 +738,4 @@ def move_averages(parts: Dict[str, ALSALS], starts: Dict[str, List[Tensor]], end
 
 
 __all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "move_averages", "repeated_blocks", "split_by_top_level_module",
-           "top_level_module", "unwrapped"]
+           "top_level_module", "top_level_parts", "unwrapped", "wrapper_prefix"]

@@ -647,15 +647,23 @@ for _name, _told, _joint, _scaled in (
 
 def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test: bool = False,
                                part_of: str = "top", anneal: str | None = None, decay_on_plateau: bool = False,
-                               plateau_noise: str | None = None):
+                               plateau_noise: str | None = None, below_wrappers: bool = False):
+    """``below_wrappers``: the parts found below the levels that only wrap (the library's rule since
+    the tenth round, ``alsals.layerwise.wrapper_prefix``); False (the rows before it): the first
+    components of the parameters' names, passed to the library as that rule."""
     def factory(model, ctx: RunContext) -> Built:
         import alsals
+        from alsals.layerwise import repeated_blocks, top_level_module
 
         args: dict[str, Any] = {"total_steps": ctx.total_steps} if knows_total_steps else {}
         if amortized_combined_test:
             args["amortized_combined_test"] = True
         if part_of != "top":
             args["part_of"] = part_of
+        rules: dict[str, Any] = {}
+        if not below_wrappers:
+            args["parts_below_wrappers"] = False  # recorded; the library is given the rule itself
+            rules["part_of"] = top_level_module if part_of == "top" else repeated_blocks(model, below_wrappers=False)
         if anneal is not None:
             args["anneal"] = anneal
         if knows_total_steps:  # the rows before the ninth round decay at the anneal's own start
@@ -663,7 +671,9 @@ def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test:
         if plateau_noise is not None:
             args["plateau_noise"] = plateau_noise
         groups = decay_groups(model, ctx.weight_decay)
-        opt = alsals.LayerwiseALSALS(model, groups, **args)
+        kwargs = {k: v for k, v in args.items() if k != "parts_below_wrappers"}
+        kwargs.update(rules)  # the rule in place of its name
+        opt = alsals.LayerwiseALSALS(model, groups, **kwargs)
         return Built(opt, None, {"class": "alsals.LayerwiseALSALS", "arguments": args, "shared_backward": True,
                                  "parts": list(opt.parts), "groups": _group_summary(groups)})
 
@@ -723,6 +733,19 @@ for _name, _settings, _description in (
     register_optimizer(OptimizerSpec(
         name=_name, factory=_layerwise_library_factory(True, **_settings), protocol="alsals", family="alsals",
         description=_description, step_size=_alsals_step, knows_total_steps=True,
+    ))
+# The tenth round's library default: the parts are found below the levels that only wrap (a Hugging Face
+# GPT-2's ``transformer``), told the run's length ("-unwrap") and not ("-anytime-unwrap"). Among the
+# benchmark's tasks this changes the parts of shakespeare_hf_gpt2 only (benchmarks/tests/test_layerwise.py).
+for _name, _told in (("alsals-layerwise-lib-plateau-unwrap", True), ("alsals-layerwise-lib-anytime-unwrap", False)):
+    register_optimizer(OptimizerSpec(
+        name=_name, factory=_layerwise_library_factory(_told, decay_on_plateau=_told, below_wrappers=True),
+        protocol="alsals", family="alsals",
+        description="alsals.LayerwiseALSALS(model): the library's defaults of the tenth round, the parts found below "
+        "the model's levels that only wrap (one child holding every parameter)"
+        + (", told the run's length (total_steps=T), its decay started when the batch loss stops falling" if _told
+           else ", no anneal, evaluated at its average"),
+        step_size=_alsals_step, knows_total_steps=_told,
     ))
 # The ALSALS defaults with the same linear decay (ninth round), for the ablation on one optimizer.
 register_alsals_variant("alsals-anneal-linear", anneal="linear", knows_total_steps=True)
