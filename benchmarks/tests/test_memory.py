@@ -26,6 +26,17 @@ def test_the_window_reaches_the_next_search_of_an_amortised_search():
     assert overhead.steps_through_next_search(opt) == opt.search_state["steps_until_search"] + 1
 
 
+def test_the_window_of_the_per_layer_optimizer_reaches_every_parts_next_search():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(16, 4)
+    opt = alsals.LayerwiseALSALS(model)
+    for _ in range(8):
+        opt.step(lambda: (model(x) ** 2).mean())
+    waits = [part.search_state["steps_until_search"] for part in opt.parts.values()]
+    assert overhead.steps_through_next_search(opt) == max(waits) + 1 > 1
+
+
 def test_the_probe_measures_adam_and_a_searched_alsals_step():
     adam = memory.measure("gpt-tiny", "adam-foreach")
     searched = memory.measure("gpt-tiny", "alsals-no-amortisation")

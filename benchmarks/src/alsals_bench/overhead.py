@@ -334,10 +334,14 @@ def drop_gradients(opt: Any) -> None:
 
 def steps_through_next_search(opt: Any) -> int:
     """Steps from now up to and including the next searched step of an amortised line search
-    (``search_state["steps_until_search"] + 1``); 1 for any other optimizer."""
+    (``search_state["steps_until_search"] + 1``; ``LayerwiseALSALS``: through every part's next
+    searched step, the largest of the parts'); 1 for any other optimizer."""
     state = getattr(opt, "search_state", None)
     if not isinstance(state, dict):
         return 1
+    parts = state.get("parts")
+    if isinstance(parts, dict) and parts:
+        return max(int(part.get("steps_until_search", 0)) for part in parts.values()) + 1
     return int(state.get("steps_until_search", 0)) + 1
 
 
