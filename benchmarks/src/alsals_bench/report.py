@@ -62,6 +62,10 @@ ROW_NOTES = {
     "optimizer with the linear decay to zero over the run",
     "alsals-layerwise-lib-plateau": "LayerwiseALSALS(model, total_steps=T), the ninth round's default: its decay "
     "starts when the batch loss stops falling (decay_on_plateau=True)",
+    "alsals-layerwise-lib-plateau-unwrap": "LayerwiseALSALS(model, total_steps=T), the tenth round's default: the "
+    "ninth round's, its parts found below the model's levels that only wrap",
+    "alsals-layerwise-lib-anytime-unwrap": "LayerwiseALSALS(model), the tenth round's default not told the run's "
+    "length: no anneal, evaluated at its averages",
     "alsals-layerwise-lib-plateau-spread": "ablation: the same with the plateau test's first version "
     "(plateau_noise='spread': the windows' raw spread as the noise)",
     "alsals-layerwise-lib-wsd": "ablation: LayerwiseALSALS(model, decay_on_plateau=False, total_steps=T), the "

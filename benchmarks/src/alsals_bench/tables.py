@@ -21,8 +21,8 @@ from . import compare, report, stats
 from .report import fmt, fmt_diff, fmt_interval, table
 
 #: the rows of the README's compact table
-README_ROWS = ("alsals", "alsals-anytime", "alsals-layerwise-lib-plateau", "alsals-layerwise-scaled",
-               "alsals-layerwise-scaled-anytime",
+README_ROWS = ("alsals", "alsals-anytime", "alsals-layerwise-lib-plateau-unwrap", "alsals-layerwise-lib-anytime-unwrap",
+               "alsals-layerwise-scaled",
                "sfadamw (best by train)", "salsa-ref-default", "salsa-ref",
                "salsa-ref-anneal", "sls-anneal", "prodigy", "dadapt-adam", "dog")
 _REGION = re.compile(r"(<!-- bench:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
