@@ -17,6 +17,7 @@ import argparse
 import json
 import platform
 import subprocess
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -43,6 +44,10 @@ def table(rows: Sequence[dict], optimizers: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--optimizers", nargs="+", default=[REFERENCE, "alsals", "alsals-layerwise-lib-plateau"])
@@ -52,12 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="write the rows and the provenance as JSON here")
     args = parser.parse_args(argv)
     optimizers = list(dict.fromkeys([REFERENCE, *args.optimizers]))
+    provenance = {"git": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
+                  "command": " ".join(["python", "scripts/peak_memory.py", *(argv if argv is not None else sys.argv[1:])])}
     rows = [measure(case, name) for case in args.cases for name in optimizers]
     print(table(rows, optimizers))
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"rows": rows, "git": commit, "torch": torch.__version__, "machine": platform.platform(),
+            json.dump({"rows": rows, **provenance, "torch": torch.__version__, "machine": platform.platform(),
                        "optimizers": optimizers, "cases": list(args.cases)}, f, indent=1)
     return 0
 

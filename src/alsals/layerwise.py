@@ -332,8 +332,8 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         if len(self.parts) == 1:
             warnings.warn(
                 f"LayerwiseALSALS found one part ({next(iter(self.parts))!r}): it steps as ALSALS does. Its parts "
-                "are the model's top-level modules; to split deeper pass part_of='blocks' (each element of a "
-                "ModuleList/Sequential inside a top-level module: a wrapped nn.Sequential's layers, a "
+                "are the model's top-level modules (below the levels that only wrap); to split deeper pass "
+                "part_of='blocks' (each element of a ModuleList/Sequential inside a top-level module: a "
                 "transformer's blocks) or a function of the parameter's qualified name (with ALSALSTrainer: "
                 "alsals_kwargs={'part_of': 'blocks'}).",
                 UserWarning, stacklevel=2,

@@ -350,14 +350,15 @@ DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase
                       "alsals-layerwise-scaled", "alsals-layerwise-lib-amortized", "alsals-layerwise-lib-blocks",
                       "alsals-layerwise-lib-linear", "alsals-anneal-linear",
                       "alsals-layerwise-lib-plateau", "alsals-layerwise-lib-plateau-spread",
-                      "alsals-layerwise-lib-wsd")
+                      "alsals-layerwise-lib-wsd", "alsals-layerwise-lib-plateau-unwrap")
 ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average", "alsals-two-way-anytime",
                       "alsals-anytime", "alsals-batch-increase-anytime", "alsals-recover-anytime",
                       "alsals-match-warmup-anytime", "alsals-smooth-per-step-anytime", "alsals-doubling-anytime",
                       "alsals-interval10-anytime", "alsals-cut-per-step-anytime", "alsals-growth-per-search-anytime",
                       "alsals-doubling-interval10-anytime", "alsals-doubling-interpolate-anytime",
                       "alsals-layerwise-anytime", "alsals-layerwise-joint-anytime", "alsals-layerwise-scaled-anytime",
-                      "alsals-layerwise-lib-amortized-anytime", "alsals-layerwise-lib-blocks-anytime")
+                      "alsals-layerwise-lib-amortized-anytime", "alsals-layerwise-lib-blocks-anytime",
+                      "alsals-layerwise-lib-anytime-unwrap")
 
 
 def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> list[dict]:
