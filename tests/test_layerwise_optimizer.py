@@ -629,10 +629,10 @@ def test_the_parts_are_found_below_the_levels_that_only_wrap():
     assert wrapper_prefix(_Wrapper(_Wrapper(net))) == "model.model."
     assert wrapper_prefix(_TiedLM()) == "transformer."  # the tied head is named once, in the body
     assert wrapper_prefix(nn.Sequential(nn.Linear(6, 1))) == ""  # a wrapped layer is not split
-    own = _Wrapper(net)
-    own.temperature = nn.Parameter(torch.ones(()))
-    assert wrapper_prefix(own) == ""  # a level with a parameter of its own splits
-    assert list(alsals.LayerwiseALSALS(own).parts) == ["temperature", "model"]
+    own = _Wrapper(nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 1)))
+    own.temperature = nn.Parameter(torch.ones(()))  # a parameter of the level itself: a part of its own
+    assert wrapper_prefix(own) == "model."
+    assert list(alsals.LayerwiseALSALS(own).parts) == ["temperature", "model.0", "model.2"]
 
     wrapped = _Wrapper(_model())
     opt = alsals.LayerwiseALSALS(wrapped, total_steps=10)
@@ -658,3 +658,78 @@ def test_a_wrapped_model_steps_as_the_model_itself():
     _train(wrapped, opt_wrapped, batches)
     assert opt_wrapped.counters == opt_plain.counters
     assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), wrapped.parameters()))
+
+
+def test_frozen_copies_tied_heads_and_parametrized_layers_do_not_change_the_parts():
+    import torch.nn.utils.parametrize as parametrize
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(11, 4), nn.Tanh(), nn.Linear(4, 11))
+
+    class WithEMA(nn.Module):  # a frozen copy beside the network
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = net()
+            self.ema = copy.deepcopy(self.model).requires_grad_(False)
+
+    assert list(alsals.LayerwiseALSALS(WithEMA()).parts) == ["model.0", "model.2", "ema"]
+    only_trained = WithEMA()
+    assert wrapper_prefix(only_trained, only_trained.model.parameters()) == "model."
+
+    class HeadFirst(nn.Module):  # a head tied to the embedding, defined before the body
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(4, 11, bias=False)
+            self.body = nn.Sequential(nn.Embedding(11, 4), nn.Tanh(), nn.LayerNorm(4))
+            self.head.weight = self.body[0].weight
+
+    tied = HeadFirst()
+    assert wrapper_prefix(tied) == "body."
+    parts = alsals.LayerwiseALSALS(tied).parts
+    assert list(parts) == ["body.0", "body.2"]  # the shared weight is the embedding's, not a part 'head'
+    assert parts["body.0"].param_groups[0]["params"][0] is tied.head.weight
+
+    class Scale(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    layer = _Wrapper(nn.Linear(4, 4))  # a wrapped layer whose weight and bias are both parametrized
+    parametrize.register_parametrization(layer.model, "weight", Scale())
+    parametrize.register_parametrization(layer.model, "bias", Scale())
+    assert wrapper_prefix(layer) == ""
+    with pytest.warns(UserWarning, match="one part"):
+        assert list(alsals.LayerwiseALSALS(layer).parts) == ["model"]
+    stack = _Wrapper(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1)))
+    parametrize.register_parametrization(stack.model[0], "weight", Scale())
+    assert list(alsals.LayerwiseALSALS(stack).parts) == ["model.0", "model.1"]
+    assert list(alsals.LayerwiseALSALS(stack, part_of="blocks").parts) == ["model.0", "model.1"]
+
+
+def test_state_is_read_only_and_step_size_ignores_parts_that_never_searched():
+    model = _model()
+    model[0].requires_grad_(False)  # a frozen first layer: its part never searches
+    opt = alsals.LayerwiseALSALS(model, total_steps=10)
+    _train(model, opt, _batches(3))
+    weight = model[4].weight
+    with pytest.raises(TypeError, match="read only"):
+        opt.state[weight] = {}
+    with pytest.raises(TypeError, match="read only"):
+        del opt.state[weight]
+    assert "exp_avg" in opt.state[weight] and opt.state[weight] is opt.parts["4"].state[weight]
+    assert opt.parts["0"].step_size == opt.parts["0"].config.initial_step_size  # never searched
+    stepped = [opt.parts[name].step_size for name in ("1", "4")]
+    assert opt.step_size == pytest.approx(math.sqrt(stepped[0] * stepped[1]) * opt.scale)
+
+
+def test_a_state_saved_with_other_parts_names_the_rule_that_loads_it():
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = _model()
+
+    wrapped = Wrapped()
+    with pytest.warns(UserWarning, match="one part"):
+        before = alsals.LayerwiseALSALS(wrapped, part_of=top_level_module)
+    with pytest.raises(ValueError, match="part_of=alsals.layerwise.top_level_module"):
+        alsals.LayerwiseALSALS(wrapped).load_state_dict(before.state_dict())

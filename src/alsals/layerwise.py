@@ -10,8 +10,9 @@ part of the network its own step size; :class:`LayerwiseALSALS` does so with ALS
 their qualified name in ``model.named_parameters()``: ``embed``, ``gru``, ``head``; ``0``, ``3``,
 ``6`` in an ``nn.Sequential``); a parameter registered on the model itself is a part of its own.
 The model is read inside ``DistributedDataParallel``, ``DataParallel`` and ``torch.compile``, and
-below the levels that only wrap (:func:`wrapper_prefix`: no parameter of their own, every parameter
-in one child that is itself a container): a LightningModule that keeps its network as
+below the levels that only wrap (:func:`wrapper_prefix`: every trained parameter below them in one
+child that is not a layer; frozen modules and tied aliases do not count, and a parameter held by
+the level itself is a part of its own): a LightningModule that keeps its network as
 ``self.model`` has the parts ``model.0``, ``model.3``; a Hugging Face GPT-2 ``transformer.wte``,
 ``transformer.wpe``, ``transformer.h``, ``transformer.ln_f`` (before the tenth round both were one
 part, plain ALSALS; ``part_of=top_level_module`` keeps that rule).
@@ -80,11 +81,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict, defaultdict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .anneal import PlateauDetector, wsd_decay_start
 from .closure import ClosureEvaluator, RandomState, check_loss
@@ -113,46 +116,73 @@ def top_level_module(name: str) -> str:
     return name.split(".")[0]
 
 
-def wrapper_prefix(model: nn.Module) -> str:
+def _trained(module: nn.Module, trained: Optional[Set[int]]) -> Set[int]:
+    """The ids of the parameters under ``module`` that are trained: they require gradients and, when
+    ``trained`` is given, are among those (the parameters the optimizer was given)."""
+    return {id(p) for p in module.parameters() if p.requires_grad and (trained is None or id(p) in trained)}
+
+
+def _is_layer(module: nn.Module, trained: Optional[Set[int]]) -> bool:
+    """A module that is a part as a whole: it holds trained parameters of its own, or its parameters
+    are parametrized (``torch.nn.utils.parametrize``: they sit in its ``parametrizations``)."""
+    own = any(p.requires_grad and (trained is None or id(p) in trained) for p in module.parameters(recurse=False))
+    return own or parametrize.is_parametrized(module)
+
+
+def wrapper_prefix(model: nn.Module, params: Optional[Iterable[Tensor]] = None) -> str:
     """The qualified-name prefix of the levels of ``model`` that only wrap (``""`` when none).
 
-    A level only wraps when it holds no parameter of its own, every parameter sits in one child,
-    and that child is a container (it holds no parameter of its own either): a LightningModule's
-    ``model.``, a Hugging Face ``GPT2LMHeadModel``'s ``transformer.`` (its ``lm_head`` weight is
-    ``transformer.wte``'s, named once). Such a level splits nothing, as ``DistributedDataParallel``'s
-    ``module`` splits nothing, so the parts are found below it. Read from
-    ``model.named_parameters()`` (a shared parameter counts where it is first named)."""
-    names = [name for name, _ in unwrapped(model).named_parameters()]
+    A level only wraps when every parameter it trains below it sits in one child, and that child is
+    not a layer (it holds no trained parameter of its own, and none of its parameters is
+    parametrized): a LightningModule's ``model.``, a Hugging Face ``GPT2LMHeadModel``'s
+    ``transformer.``. Such a level splits nothing, as ``DistributedDataParallel``'s ``module``
+    splits nothing, so the parts are found below it; a parameter held by the level itself (a
+    temperature beside ``self.net``) is a part of its own either way.
+
+    What counts: the parameters being trained, those that require gradients and, when ``params`` is
+    given, are among them, so a frozen copy (an EMA model, a teacher) beside the network does not
+    stop the descent. A child all of whose trained parameters are also another child's (a head tied
+    to the embedding: GPT-2's ``lm_head``) is an alias, not a second holder, whatever the order in
+    which the two were defined."""
+    module = unwrapped(model)
+    trained = {id(p) for p in params} if params is not None else None
+    if trained is not None and not any(p.requires_grad and id(p) in trained for p in module.parameters()):
+        trained = None  # nothing of what was passed trains yet: judge by every parameter
     prefix = ""
-    while names:
-        rest = [name[len(prefix):] for name in names]
-        firsts = {r.split(".")[0] for r in rest}
-        if any("." not in r for r in rest) or len(firsts) != 1:
+    while True:
+        holders = [(name, child, _trained(child, trained)) for name, child in module.named_children()]
+        holders = [(name, child, ids) for name, child, ids in holders if ids]
+        independent = [
+            (name, child) for i, (name, child, ids) in enumerate(holders)
+            if not any(ids < other or (ids == other and j < i) for j, (_, _, other) in enumerate(holders) if j != i)
+        ]
+        if len(independent) != 1 or _is_layer(independent[0][1], trained):
             return prefix
-        child = prefix + firsts.pop() + "."
-        if any("." not in name[len(child):] for name in names):
-            return prefix  # the one child holds parameters itself (a layer): it is the part
-        prefix = child
-    return prefix
+        name, module = independent[0]
+        prefix += name + "."
 
 
-def top_level_parts(model: nn.Module) -> Callable[[str], str]:
+def top_level_parts(model: nn.Module, params: Optional[Iterable[Tensor]] = None) -> Callable[[str], str]:
     """The part rule ``part_of="top"`` (the default): the module right below the levels that only
     wrap (:func:`wrapper_prefix`) that holds the parameter, by its qualified name (``embed``, ``head``;
     ``0``, ``3`` in an ``nn.Sequential``; ``model.0`` in a LightningModule that keeps an
     ``nn.Sequential`` as ``self.model``; ``transformer.wte``, ``transformer.h`` in a Hugging Face
-    GPT-2); a parameter registered on that level itself is a part of its own."""
-    prefix = wrapper_prefix(model)
+    GPT-2); a parameter outside those levels (held by a wrapping level itself, or by a frozen module
+    beside the network) is in the part of its first name component. A parameter named twice (tied)
+    takes its name below the wrapping levels (:func:`split_by_top_level_module`)."""
+    prefix = wrapper_prefix(model, params)
 
     def part_of(name: str) -> str:
         if not name.startswith(prefix):
             return top_level_module(name)
         return prefix + top_level_module(name[len(prefix):])
 
+    part_of.preferred_prefix = prefix  # type: ignore[attr-defined]
     return part_of
 
 
-def repeated_blocks(model: nn.Module, below_wrappers: bool = True) -> Callable[[str], str]:
+def repeated_blocks(model: nn.Module, below_wrappers: bool = True,
+                    params: Optional[Iterable[Tensor]] = None) -> Callable[[str], str]:
     """The part rule ``part_of="blocks"``: a parameter's part of :func:`top_level_parts`, except
     that an element of an ``nn.ModuleList`` or ``nn.Sequential`` inside it (a transformer's or
     ResNet's repeated block: ``blocks.0``, ``transformer.h.3``) is a part of its own. A model that is
@@ -161,8 +191,9 @@ def repeated_blocks(model: nn.Module, below_wrappers: bool = True) -> Callable[[
     components of the names (:func:`top_level_module`)."""
     unwrapped_model = unwrapped(model)
     containers = {name for name, module in unwrapped_model.named_modules()
-                  if name and isinstance(module, (nn.ModuleList, nn.Sequential))}
-    outer = top_level_parts(unwrapped_model) if below_wrappers else top_level_module
+                  if name and isinstance(module, (nn.ModuleList, nn.Sequential))
+                  and not isinstance(module, parametrize.ParametrizationList)}
+    outer = top_level_parts(unwrapped_model, params) if below_wrappers else top_level_module
 
     def part_of(name: str) -> str:
         components = name.split(".")
@@ -171,6 +202,8 @@ def repeated_blocks(model: nn.Module, below_wrappers: bool = True) -> Callable[[
                 return ".".join(components[: i + 1])
         return outer(name)
 
+    if below_wrappers:
+        part_of.preferred_prefix = outer.preferred_prefix  # type: ignore[attr-defined]
     return part_of
 
 
@@ -180,7 +213,14 @@ def split_by_top_level_module(model: nn.Module, groups: Sequence[Dict[str, Any]]
     the (unwrapped) ``model``, by default the top-level module that holds it. Part name -> its groups
     (each group's settings kept, empty groups dropped), in the order the parts first appear. Raises
     ``ValueError`` for a parameter that is not ``model``'s."""
-    part_names = {id(p): part_of(name) for name, p in unwrapped(model).named_parameters()}
+    names: Dict[int, str] = {}
+    preferred = getattr(part_of, "preferred_prefix", None)
+    for name, p in unwrapped(model).named_parameters(remove_duplicate=False):
+        # a parameter named twice (tied) takes its first name, or, for a rule that says so, its first
+        # name below the levels that only wrap (so the part does not depend on the order of definition)
+        if id(p) not in names or (preferred and not names[id(p)].startswith(preferred) and name.startswith(preferred)):
+            names[id(p)] = name
+    part_names = {key: part_of(name) for key, name in names.items()}
     parts: Dict[str, List[Dict[str, Any]]] = {}
     for group in groups:
         by_part: Dict[str, List[Tensor]] = {}
@@ -264,6 +304,38 @@ def _step_without_hooks(opt: ALSALS, closure: Callable[[], Any]) -> Any:
     return step(opt, closure) if step is not None else opt.step(closure)
 
 
+class PartsState(Mapping):
+    """``LayerwiseALSALS.state``: the parts' per-parameter state in one read-only mapping. A missing
+    parameter reads as ``{}`` (a new dict, not stored), as torch's ``defaultdict(dict)`` does;
+    assigning or deleting an entry raises a ``TypeError`` (the state is the parts'; restore it with
+    ``load_state_dict``)."""
+
+    def __init__(self, entries: Dict[Tensor, Dict[str, Any]]) -> None:
+        self._entries = entries
+
+    def __getitem__(self, param: Tensor) -> Dict[str, Any]:
+        return self._entries.get(param, {})
+
+    def __contains__(self, param: object) -> bool:
+        return param in self._entries
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __setitem__(self, param: Tensor, value: Any) -> None:
+        raise TypeError("LayerwiseALSALS.state is read only: it is the parts' state (opt.parts[name].state); "
+                        "restore a saved state with load_state_dict")
+
+    def __delitem__(self, param: Tensor) -> None:
+        self.__setitem__(param, None)
+
+    def __repr__(self) -> str:
+        return f"PartsState({len(self)} parameters)"
+
+
 class LayerwiseALSALS(torch.optim.Optimizer):
     """One :class:`alsals.ALSALS` per top-level module of ``model``, stepping together (module
     docstring: the parts, one shared backward, the combined step's test).
@@ -316,16 +388,18 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         self.model = model
         self.combined_test = bool(combined_test)
         self.amortized_combined_test = bool(amortized_combined_test)
+        groups = _as_groups(model, params)
+        given = [p for group in groups for p in group["params"]]
         if part_of is None or part_of == "top":
-            rule: Callable[[str], str] = top_level_parts(model)
+            rule: Callable[[str], str] = top_level_parts(model, given)
         elif part_of == "blocks":
-            rule = repeated_blocks(model)
+            rule = repeated_blocks(model, params=given)
         elif callable(part_of):
             rule = part_of
         else:
             raise ValueError(f"LayerwiseALSALS: part_of must be 'top', 'blocks' or a function of a parameter's "
                              f"name, got {part_of!r}")
-        split = split_by_top_level_module(model, _as_groups(model, params), rule)
+        split = split_by_top_level_module(model, groups, rule)
         self.parts: Dict[str, ALSALS] = {name: ALSALS(groups, **kwargs) for name, groups in split.items()}
         if not self.parts:
             raise ValueError("LayerwiseALSALS: the model has no parameters to optimize")
@@ -379,13 +453,12 @@ class LayerwiseALSALS(torch.optim.Optimizer):
     # ``param_groups`` is torch.optim.Optimizer's list, holding every part's group dicts in part order.
 
     @property  # type: ignore[override]
-    def state(self) -> Dict[Tensor, Dict[str, Any]]:
-        """Every part's per-parameter state (Adam's moments, the average) in one mapping, read only:
-        a new ``defaultdict(dict)`` of the parts' ``opt.state`` entries, so that, as with a torch
-        optimizer, a parameter with no state yet reads as ``{}``."""
-        merged: Dict[Tensor, Dict[str, Any]] = defaultdict(dict)
-        merged.update((p, st) for opt in self.parts.values() for p, st in opt.state.items())
-        return merged
+    def state(self) -> "PartsState":
+        """Every part's per-parameter state (Adam's moments, the average) in one read-only mapping
+        (:class:`PartsState`): a parameter with no state yet reads as ``{}``, as with a torch
+        optimizer; the entries are the parts' own dicts (a tensor moved in them, as Lightning moves
+        state to a device, is moved in the part), and assigning an entry raises."""
+        return PartsState({p: st for opt in self.parts.values() for p, st in opt.state.items()})
 
     @state.setter
     def state(self, value: Any) -> None:
@@ -434,8 +507,11 @@ class LayerwiseALSALS(torch.optim.Optimizer):
 
     @property
     def step_size(self) -> float:
-        """The geometric mean of the parts' step sizes, times the combined step's scale."""
-        sizes = list(self.step_sizes.values())
+        """The geometric mean of the step sizes of the parts that have searched (all parts before any
+        has: a frozen part keeps its initial step size, which says nothing of the training), times
+        the combined step's scale."""
+        searched = [opt.step_size for opt in self.parts.values() if opt._search_state().searches > 0]
+        sizes = searched or list(self.step_sizes.values())
         if not all(s > 0 for s in sizes):
             return math.nan
         scale = self.scale if self.combined_test else 1.0
@@ -519,7 +595,10 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         if not isinstance(parts, dict) or list(parts) != list(self.parts):
             found = list(parts) if isinstance(parts, dict) else None
             raise ValueError(f"LayerwiseALSALS.load_state_dict: the state holds parts {found}, this optimizer "
-                             f"has {list(self.parts)}; load it into an optimizer of the same model")
+                             f"has {list(self.parts)}; load it into an optimizer of the same model and part_of "
+                             "(a state saved before alsals found the parts below the levels that only wrap, e.g. "
+                             "['model'] for a LightningModule's self.model, loads with "
+                             "part_of=alsals.layerwise.top_level_module)")
         for name, opt in self.parts.items():
             opt.load_state_dict(parts[name])
         # torch's load_state_dict gives each part new group dicts: hold those, so that an LR
@@ -737,5 +816,5 @@ def move_averages(parts: Dict[str, ALSALS], starts: Dict[str, List[Tensor]], end
                     average.add_((e - w) * ((scale - 1.0) * weight))
 
 
-__all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "move_averages", "repeated_blocks", "split_by_top_level_module",
-           "top_level_module", "top_level_parts", "unwrapped", "wrapper_prefix"]
+__all__ = ["LayerwiseALSALS", "MAX_COMBINED_TRIALS", "PartsState", "move_averages", "repeated_blocks",
+           "split_by_top_level_module", "top_level_module", "top_level_parts", "unwrapped", "wrapper_prefix"]
