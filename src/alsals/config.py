@@ -74,6 +74,7 @@ _V0_1: Dict[str, Any] = dict(
     smoothing_per="search",
     cut_per="search",
     average=False,
+    decay_on_plateau=False,
 )
 
 #: The presets: every engine setting of each named configuration (see the module docstring).
@@ -156,6 +157,7 @@ class ALSALSConfig:
     smoothing_per: str = "search"
     cut_per: str = "search"
     average: Optional[bool] = None
+    decay_on_plateau: bool = False
     total_steps: Optional[int] = None
     foreach: Optional[bool] = None
     fused: Optional[bool] = None
@@ -181,7 +183,8 @@ class ALSALSConfig:
         check_int("max_backtracks", self.max_backtracks, 0)
         check_int("max_search_interval", self.max_search_interval, 1)
         check_int("total_steps", self.total_steps, 1, allow_none=True, what="the run's length in steps")
-        for name in ("ascent_handling", "amortized", "check_consistency", "interpolate", "rate_smoothing", "recover"):
+        for name in ("ascent_handling", "amortized", "check_consistency", "interpolate", "rate_smoothing", "recover",
+                     "decay_on_plateau"):
             check_bool(name, getattr(self, name))
         for name in ("foreach", "fused", "distributed", "average"):
             check_bool(name, getattr(self, name), allow_none=True)

@@ -400,7 +400,9 @@ class LayerwiseALSALS(torch.optim.Optimizer):
             raise ValueError(f"LayerwiseALSALS: part_of must be 'top', 'blocks' or a function of a parameter's "
                              f"name, got {part_of!r}")
         split = split_by_top_level_module(model, groups, rule)
-        self.parts: Dict[str, ALSALS] = {name: ALSALS(groups, **kwargs) for name, groups in split.items()}
+        # the parts do not watch for a plateau themselves: this optimizer does, on the model's loss
+        self.parts: Dict[str, ALSALS] = {name: ALSALS(groups, **kwargs, decay_on_plateau=False)
+                                         for name, groups in split.items()}
         if not self.parts:
             raise ValueError("LayerwiseALSALS: the model has no parameters to optimize")
         if len(self.parts) == 1:

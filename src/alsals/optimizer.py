@@ -35,7 +35,7 @@ from torch.optim import Optimizer
 
 from . import averaging, distributed, kernels
 from ._validation import check_range
-from .anneal import wsd_decay_start
+from .anneal import PlateauDetector, wsd_decay_start
 from .closure import CLOSURE_REQUIRED_MESSAGE, ClosureEvaluator, ModuleCache
 from .config import ALSALSConfig, resolve_config
 from .distributed import Reducer, local_tensor
@@ -251,6 +251,11 @@ class ALSALS(Optimizer):
         anneal_fraction: the share of the run spent decaying with ``"wsd"`` (0.2).
         total_steps: the run's length in optimizer steps, when known: the committed step is then
             annealed (:mod:`alsals.anneal`). ``None`` (default): no anneal.
+        decay_on_plateau: with ``total_steps`` and the ``"wsd"`` anneal, start the decay as soon as
+            the batch loss has stopped falling (:class:`alsals.anneal.PlateauDetector`, the rule of
+            :class:`alsals.LayerwiseALSALS`; at the latest where the anneal starts it). The losses of
+            amortized steps that run on the device are read with the next searched step's (no extra
+            host synchronisation), so the decay then starts at that step. Default ``False``.
         average: keep a polynomial-decay average of the iterates (:mod:`alsals.averaging`), which
             :meth:`eval` puts into the parameters for evaluation and :meth:`train` takes out again.
             ``None``: when ``total_steps`` is not given (the anytime counterpart of the anneal).
@@ -316,6 +321,7 @@ class ALSALS(Optimizer):
         smoothing_per: Optional[str] = None,
         cut_per: Optional[str] = None,
         average: Optional[bool] = None,
+        decay_on_plateau: Optional[bool] = None,
         total_steps: Optional[int] = None,
         foreach: Optional[bool] = None,
         fused: Optional[bool] = None,
@@ -338,7 +344,7 @@ class ALSALS(Optimizer):
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
                 interpolate=interpolate, max_increase=max_increase, rate_smoothing=rate_smoothing,
                 increase_test=increase_test, recover=recover, match_displacement=match_displacement,
-                smoothing_per=smoothing_per, cut_per=cut_per, average=average,
+                smoothing_per=smoothing_per, cut_per=cut_per, average=average, decay_on_plateau=decay_on_plateau,
                 total_steps=total_steps, foreach=foreach, fused=fused, distributed=distributed,
                 check_consistency=check_consistency,
             ),
@@ -346,6 +352,14 @@ class ALSALS(Optimizer):
         _validate_group_values(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.reducer = Reducer(process_group, distributed)
         self._init_runtime()
+        total = self.config.total_steps
+        #: decay_on_plateau: the test, the losses of device-side amortized steps not yet read (this
+        #: rank's, reduced with the next read), and the averaged first losses read in this step
+        self._plateau: Optional[PlateauDetector] = (
+            PlateauDetector(total) if self.config.decay_on_plateau and total is not None and self.config.anneal == "wsd"
+            else None)
+        self._pending_losses: List[Tensor] = []
+        self._read_losses: List[float] = []
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         if self.config.fused:
@@ -472,7 +486,11 @@ class ALSALS(Optimizer):
         """The state dict of ``torch.optim.Optimizer`` (the search state in every group's ``"search"``),
         with the device-side counts of amortized steps read back first."""
         self._settle()
-        return super().state_dict()
+        saved = super().state_dict()
+        if self._plateau is not None:  # decay_on_plateau: the test's losses, and this rank's unread ones
+            pending = torch.stack(self._pending_losses).tolist() if self._pending_losses else []
+            saved["param_groups"][0]["plateau"] = {**self._plateau.state_dict(), "pending": pending}
+        return saved
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load a state dict (tensors are cast to each parameter's dtype and device, as in torch).
@@ -483,6 +501,15 @@ class ALSALS(Optimizer):
         super().load_state_dict(state_dict)
         self._state_cache = (None, None)
         self._device_counts = None
+        self._read_losses = []
+        plateau = self.param_groups[0].pop("plateau", None) if self.param_groups else None
+        if self._plateau is not None:
+            self._plateau = PlateauDetector(cast(int, self.config.total_steps))
+            self._pending_losses = []
+            if plateau is not None:
+                self._plateau.load_state_dict(plateau)
+                device = self.param_groups[0]["params"][0].device
+                self._pending_losses = [torch.tensor(float(v), device=device) for v in plateau.get("pending", [])]
         self._publish(self._search_state())
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -490,6 +517,7 @@ class ALSALS(Optimizer):
         state = super().__getstate__()
         state["config"] = self.config
         state["reducer"] = self.reducer
+        state["plateau"] = (self._plateau, list(self._pending_losses))
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
@@ -497,12 +525,15 @@ class ALSALS(Optimizer):
         # fields from __getstate__; and torch's load_state_dict, with state and param_groups only.
         config = state.pop("config", None)
         reducer = state.pop("reducer", None)
+        plateau = state.pop("plateau", None)
         super().__setstate__(state)
         if config is None:
             return
         self.config = config
         self.reducer = reducer if reducer is not None else Reducer()
         self._init_runtime()
+        self._plateau, self._pending_losses = plateau if plateau is not None else (None, [])
+        self._read_losses = []
         self._index_slope_weights(p for group in self.param_groups for p in group["params"])
         self._publish(self._search_state())
 
@@ -554,10 +585,25 @@ class ALSALS(Optimizer):
         if self.config.averages:
             state = self._sample_average(state)
         self._publish(state)
+        if self._read_losses:
+            self._watch_plateau()
         if self.config.check_consistency:
             self._settle()
             distributed.check_consistency(self)
         return loss
+
+    def _watch_plateau(self) -> None:
+        """decay_on_plateau: feed the first losses read in this step (averaged over the ranks) to the
+        plateau test, in step order, and start the decay when it finds one (:meth:`begin_decay`)."""
+        losses, self._read_losses = self._read_losses, []
+        state = self._search_state()
+        if self._plateau is None or state.decay_start > 0:
+            return
+        total = cast(int, self.config.total_steps)
+        if state.steps >= wsd_decay_start(total, self.config.anneal_fraction):
+            return  # the anneal's own decay has begun
+        if any([self._plateau.update(value) for value in losses]):  # every loss recorded, in order
+            self.begin_decay()
 
     # ------------------------------------------------------------------------------------------
     # The anytime average of the iterates (no total_steps)
@@ -659,9 +705,13 @@ class ALSALS(Optimizer):
         if not step_plan.search and all(b.fused for b in buckets):
             return self._amortized_on_device(evaluator, loss, found_inf, buckets, step_plan)
         counts = self._device_counts
-        loss0, found_inf_value, *earlier = self._read(
-            [loss, found_inf], num_means=1, local=counts.tensors() if counts is not None else ()
+        pending, self._pending_losses = self._pending_losses, []
+        loss0, *read = self._read(
+            [loss, *pending, found_inf], num_means=1 + len(pending), local=counts.tensors() if counts is not None else ()
         )
+        found_inf_value, earlier = read[len(pending)], read[len(pending) + 1:]
+        if self._plateau is not None:  # in step order: the device-side steps' losses, then this one
+            self._read_losses = [*read[: len(pending)], loss0]
         if counts is not None:  # the amortized steps since the last read: into the carried state
             self._device_counts = None
             self._publish(_DeviceCounts.fold(self._search_state(), earlier, latest=False))
@@ -704,6 +754,8 @@ class ALSALS(Optimizer):
             torch.zeros((), dtype=torch.float64, device=skip.device), loss, skip
         )
         self._device_counts = counts.add(loss, skip)
+        if self._plateau is not None:
+            self._pending_losses.append(loss.detach().reshape(()))
         nan = math.nan
         if not buckets:
             return Outcome(StepKind.NO_GRADIENTS, nan, evaluator.evaluations, evaluator.backward_passes)

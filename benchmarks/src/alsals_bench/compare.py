@@ -350,7 +350,8 @@ DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase
                       "alsals-layerwise-scaled", "alsals-layerwise-lib-amortized", "alsals-layerwise-lib-blocks",
                       "alsals-layerwise-lib-linear", "alsals-anneal-linear",
                       "alsals-layerwise-lib-plateau", "alsals-layerwise-lib-plateau-spread",
-                      "alsals-layerwise-lib-wsd", "alsals-layerwise-lib-plateau-unwrap")
+                      "alsals-layerwise-lib-wsd", "alsals-layerwise-lib-plateau-unwrap",
+                      "alsals-plateau")
 ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average", "alsals-two-way-anytime",
                       "alsals-anytime", "alsals-batch-increase-anytime", "alsals-recover-anytime",
                       "alsals-match-warmup-anytime", "alsals-smooth-per-step-anytime", "alsals-doubling-anytime",

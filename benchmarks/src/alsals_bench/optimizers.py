@@ -747,6 +747,9 @@ for _name, _told in (("alsals-layerwise-lib-plateau-unwrap", True), ("alsals-lay
            else ", no anneal, evaluated at its average"),
         step_size=_alsals_step, knows_total_steps=_told,
     ))
+# The tenth round's ALSALS with the plateau rule of LayerwiseALSALS (decay_on_plateau=True): its wsd decay
+# starts when the batch loss stops falling, at the latest at 80% of the run.
+register_alsals_variant("alsals-plateau", decay_on_plateau=True, knows_total_steps=True)
 # The ALSALS defaults with the same linear decay (ninth round), for the ablation on one optimizer.
 register_alsals_variant("alsals-anneal-linear", anneal="linear", knows_total_steps=True)
 

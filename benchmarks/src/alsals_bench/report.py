@@ -62,6 +62,8 @@ ROW_NOTES = {
     "optimizer with the linear decay to zero over the run",
     "alsals-layerwise-lib-plateau": "LayerwiseALSALS(model, total_steps=T), the ninth round's default: its decay "
     "starts when the batch loss stops falling (decay_on_plateau=True)",
+    "alsals-plateau": "ablation: ALSALS(total_steps=T, decay_on_plateau=True): the defaults, the decay started "
+    "when the batch loss stops falling",
     "alsals-layerwise-lib-plateau-unwrap": "LayerwiseALSALS(model, total_steps=T), the tenth round's default: the "
     "ninth round's, its parts found below the model's levels that only wrap",
     "alsals-layerwise-lib-anytime-unwrap": "LayerwiseALSALS(model), the tenth round's default not told the run's "
