@@ -546,6 +546,18 @@ def worker_layerwise(rank, world, out_dir):
     return record
 
 
+def worker_plateau(rank, world, out_dir, steps=160):
+    """decay_on_plateau on the device path (fused amortized steps keep their loss on the device):
+    the pending losses are averaged with the next search's read, so every rank sees the same ones."""
+    batches = rank_batches(rank, steps=steps)
+    model = ddp(mlp(dim=DIM))
+    opt = alsals.ALSALS(model.parameters(), total_steps=steps, decay_on_plateau=True, fused=True)
+    assert device_amortized(opt)
+    train(model, opt, batches)
+    return {"decay_start": opt.search_state["decay_start"], "seen": list(opt._plateau.losses),
+            "params": plain_params(model.module), "skipped_searches": opt.counters["skipped_searches"]}
+
+
 def worker_ddp_scenarios(rank, world, out_dir):
     """Every DDP scenario in one job (each job start costs seconds of imports on a small machine)."""
     return {
@@ -557,6 +569,7 @@ def worker_ddp_scenarios(rank, world, out_dir):
         "fault": worker_fault(rank, world, out_dir),
         "zero": worker_zero(rank, world, out_dir),
         "layerwise": worker_layerwise(rank, world, out_dir),
+        "plateau": worker_plateau(rank, world, out_dir),
     }
 
 
@@ -688,6 +701,17 @@ def test_layerwise_ranks_agree_and_match_one_process_on_the_concatenated_batch(d
         [min(s.values()) for s in reference["step_sizes"]], rel=1e-6)
     for a, b in zip(records[0]["params"], plain_params(model)):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=5e-5)
+
+
+@needs_gloo
+def test_decay_on_plateau_ranks_see_the_same_averaged_losses_and_start_the_decay_together(ddp_job):
+    records = scenario(ddp_job, "plateau")
+    assert records[0]["skipped_searches"] > 0  # amortized steps ran on the device
+    assert records[0]["decay_start"] > 0
+    for other in records[1:]:
+        assert other["decay_start"] == records[0]["decay_start"]
+        assert other["seen"] == records[0]["seen"]
+        assert all(torch.equal(a, b) for a, b in zip(other["params"], records[0]["params"]))
 
 
 @needs_gloo
