@@ -733,3 +733,27 @@ def test_a_state_saved_with_other_parts_names_the_rule_that_loads_it():
         before = alsals.LayerwiseALSALS(wrapped, part_of=top_level_module)
     with pytest.raises(ValueError, match="part_of=alsals.layerwise.top_level_module"):
         alsals.LayerwiseALSALS(wrapped).load_state_dict(before.state_dict())
+
+
+def test_a_closure_that_zeroes_gradients_in_place_does_not_reach_the_first_gradient():
+    """The first evaluation's gradients are held, not copied, while the parts search: a closure in
+    the ``torch.optim.LBFGS`` style that zeroes ``p.grad`` in place (``set_to_none=False``) before
+    its backward pass must give the steps one that sets it to None gives."""
+    results = []
+    for set_to_none in (True, False):
+        model = _model()
+        opt = alsals.LayerwiseALSALS(model, total_steps=10)
+        for idx in _batches(4):
+            def closure(idx=idx):
+                model.zero_grad(set_to_none=set_to_none)
+                loss = nn.functional.mse_loss(model(X[idx]), Y[idx])
+                loss.backward()
+                return loss
+            opt.step(closure)
+        results.append(([p.detach().clone() for p in model.parameters()], [p.grad.clone() for p in model.parameters()],
+                        opt.counters))
+    (weights, grads, counters), (weights_z, grads_z, counters_z) = results
+    assert counters == counters_z and counters["combined_trials"] >= 4
+    assert all(torch.equal(a, b) for a, b in zip(weights, weights_z))
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_z))
+    assert any(g.abs().sum() > 0 for g in grads_z)  # the first evaluation's gradient is left in p.grad
