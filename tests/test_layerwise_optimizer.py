@@ -736,9 +736,9 @@ def test_a_state_saved_with_other_parts_names_the_rule_that_loads_it():
 
 
 def test_a_closure_that_zeroes_gradients_in_place_does_not_reach_the_first_gradient():
-    """The first evaluation's gradients are held, not copied, while the parts search: a closure in
-    the ``torch.optim.LBFGS`` style that zeroes ``p.grad`` in place (``set_to_none=False``) before
-    its backward pass must give the steps one that sets it to None gives."""
+    """A closure in the ``torch.optim.LBFGS`` style that zeroes ``p.grad`` in place
+    (``set_to_none=False``) before its backward pass gives the steps one that sets it to None gives:
+    no trial reaches the first evaluation's gradients, which every part's search uses."""
     results = []
     for set_to_none in (True, False):
         model = _model()

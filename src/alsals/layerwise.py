@@ -658,10 +658,8 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         self._steps += 1
         self._forwards += 1
         self._backward_passes += evaluator.backward_passes
-        # the first evaluation's gradients, held here (not copied) and out of ``p.grad`` while the
-        # parts search: every part is given copies of its own, and ``p.grad`` is None during every
-        # trial, so nothing a trial does (zero_grad, a backward pass) can reach them
-        grads = {p: p.grad.detach() for p in params if p.grad is not None}
+        with torch.no_grad():
+            grads = {p: p.grad.detach().clone() for p in params if p.grad is not None}
         forward_only = not evaluator.trials_run_backward
         loss0, found_inf = self._read_first(loss, list(grads.values()))
         self._last_loss = loss0
@@ -682,8 +680,6 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         predicted = 0.0
         scale = 1.0
         try:
-            for p in params:
-                p.grad = None
             for name, opt in self.parts.items():
                 part_grads = {p: grads[p] for p in self._params(name) if p in grads}
                 if not part_grads:  # frozen, or unused by this step's loss: the part stays
@@ -701,7 +697,6 @@ class LayerwiseALSALS(torch.optim.Optimizer):
                         if testing and p in grads:
                             predicted -= float((grads[p] * (e - w)).sum())
                         p.copy_(w)
-                        p.grad = None  # the part's copy of its gradient (the first one is restored below)
             if testing:
                 scale = self._combined_scale(closure, before, buffers, starts, ends, loss0, predicted, forward_only)
             elif self.combined_test and len(stepping) > 1:  # amortized: the carried scale, untested
