@@ -30,7 +30,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from . import kernels
 from ._validation import check_bool, check_choice, check_int, check_range
-from .anneal import ANNEAL_SHAPES, anneal_factor
+from .anneal import ANNEAL_SHAPES, PlateauDetector, anneal_factor
 from .search import (
     CUT_PER,
     GROWTH_PER,
@@ -253,6 +253,14 @@ class ALSALSConfig:
         """Whether the optimizer keeps the anytime average of its iterates (:mod:`alsals.averaging`):
         ``average``, or when that is ``None``, whenever the run's length is not known."""
         return self.average if self.average is not None else self.total_steps is None
+
+    def plateau_test(self, enabled: bool, noise: str = "residual") -> Optional[PlateauDetector]:
+        """The test that starts the ``"wsd"`` decay early when the loss stops falling (``enabled``:
+        ``decay_on_plateau``), for a run of ``total_steps``; ``None`` when it does not apply (off, no
+        run length, or another anneal shape)."""
+        if not enabled or self.total_steps is None or self.anneal != "wsd":
+            return None
+        return PlateauDetector(self.total_steps, noise=noise)
 
     def anneal_factor(self, step: int, decay_start: int = 0) -> float:
         """The built-in anneal factor ``a(t)`` of the committed step (1 without ``total_steps``);

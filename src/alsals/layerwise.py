@@ -89,7 +89,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .anneal import PlateauDetector, wsd_decay_start
+from .anneal import wsd_decay_start
 from .closure import ClosureEvaluator, RandomState, check_loss
 from .optimizer import ALSALS
 from .search import plan, smooth
@@ -116,16 +116,21 @@ def top_level_module(name: str) -> str:
     return name.split(".")[0]
 
 
+def _is_trained(param: Tensor, trained: Optional[Set[int]]) -> bool:
+    """Whether ``param`` is trained: it requires gradients and, when ``trained`` is given, is among
+    those (the ids of the parameters the optimizer was given)."""
+    return param.requires_grad and (trained is None or id(param) in trained)
+
+
 def _trained(module: nn.Module, trained: Optional[Set[int]]) -> Set[int]:
-    """The ids of the parameters under ``module`` that are trained: they require gradients and, when
-    ``trained`` is given, are among those (the parameters the optimizer was given)."""
-    return {id(p) for p in module.parameters() if p.requires_grad and (trained is None or id(p) in trained)}
+    """The ids of the trained parameters under ``module``."""
+    return {id(p) for p in module.parameters() if _is_trained(p, trained)}
 
 
 def _is_layer(module: nn.Module, trained: Optional[Set[int]]) -> bool:
     """A module that is a part as a whole: it holds trained parameters of its own, or its parameters
     are parametrized (``torch.nn.utils.parametrize``: they sit in its ``parametrizations``)."""
-    own = any(p.requires_grad and (trained is None or id(p) in trained) for p in module.parameters(recurse=False))
+    own = any(_is_trained(p, trained) for p in module.parameters(recurse=False))
     return own or parametrize.is_parametrized(module)
 
 
@@ -146,7 +151,7 @@ def wrapper_prefix(model: nn.Module, params: Optional[Iterable[Tensor]] = None) 
     which the two were defined."""
     module = unwrapped(model)
     trained = {id(p) for p in params} if params is not None else None
-    if trained is not None and not any(p.requires_grad and id(p) in trained for p in module.parameters()):
+    if trained is not None and not _trained(module, trained):
         trained = None  # nothing of what was passed trains yet: judge by every parameter
     prefix = ""
     while True:
@@ -419,8 +424,7 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         #: which it started (0: not yet)
         self.decay_on_plateau = bool(decay_on_plateau)
         total = self.config.total_steps
-        self._plateau = (PlateauDetector(total, noise=plateau_noise) if self.decay_on_plateau and total is not None
-                         and self.config.anneal == "wsd" else None)
+        self._plateau = self.config.plateau_test(self.decay_on_plateau, plateau_noise)
         self.decay_start = 0
         #: where the anneal's own decay starts (the plateau test runs only before it)
         self._fixed_decay_start = wsd_decay_start(total, self.config.anneal_fraction) if total is not None else 0

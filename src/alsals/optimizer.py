@@ -352,12 +352,9 @@ class ALSALS(Optimizer):
         _validate_group_values(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.reducer = Reducer(process_group, distributed)
         self._init_runtime()
-        total = self.config.total_steps
         #: decay_on_plateau: the test, the losses of device-side amortized steps not yet read (this
         #: rank's, reduced with the next read), and the averaged first losses read in this step
-        self._plateau: Optional[PlateauDetector] = (
-            PlateauDetector(total) if self.config.decay_on_plateau and total is not None and self.config.anneal == "wsd"
-            else None)
+        self._plateau: Optional[PlateauDetector] = self.config.plateau_test(self.config.decay_on_plateau)
         self._pending_losses: List[Tensor] = []
         self._read_losses: List[float] = []
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
@@ -504,10 +501,10 @@ class ALSALS(Optimizer):
         self._read_losses = []
         plateau = self.param_groups[0].pop("plateau", None) if self.param_groups else None
         if self._plateau is not None:
-            self._plateau = PlateauDetector(cast(int, self.config.total_steps))
+            self._plateau = self.config.plateau_test(True)
             self._pending_losses = []
             if plateau is not None:
-                self._plateau.load_state_dict(plateau)
+                cast(PlateauDetector, self._plateau).load_state_dict(plateau)
                 device = self.param_groups[0]["params"][0].device
                 self._pending_losses = [torch.tensor(float(v), device=device) for v in plateau.get("pending", [])]
         self._publish(self._search_state())
@@ -596,12 +593,8 @@ class ALSALS(Optimizer):
         """decay_on_plateau: feed the first losses read in this step (averaged over the ranks) to the
         plateau test, in step order, and start the decay when it finds one (:meth:`begin_decay`)."""
         losses, self._read_losses = self._read_losses, []
-        state = self._search_state()
-        if self._plateau is None or state.decay_start > 0:
+        if self._plateau is None or not self._decay_can_begin_early(self._search_state()):
             return
-        total = cast(int, self.config.total_steps)
-        if state.steps >= wsd_decay_start(total, self.config.anneal_fraction):
-            return  # the anneal's own decay has begun
         if any([self._plateau.update(value) for value in losses]):  # every loss recorded, in order
             self.begin_decay()
 
@@ -1046,12 +1039,16 @@ class ALSALS(Optimizer):
         (:mod:`alsals.anneal`). Only an earlier start counts: once started, or past the anneal's own
         start, nothing changes. Saved in ``state_dict()``. Without ``total_steps`` it does nothing."""
         state = self._settle()  # the steps taken, amortized ones included
+        if self._decay_can_begin_early(state):
+            self._publish(replace(state, decay_start=max(1, state.steps)))
+
+    def _decay_can_begin_early(self, state: SearchState) -> bool:
+        """Whether :meth:`begin_decay` would start the decay after ``state.steps`` steps: ``"wsd"``
+        with ``total_steps``, not started early yet, and before the anneal's own start."""
         total = self.config.total_steps
         if total is None or self.config.anneal != "wsd" or state.decay_start > 0:
-            return
-        if state.steps >= wsd_decay_start(total, self.config.anneal_fraction):
-            return  # the anneal's own decay has begun
-        self._publish(replace(state, decay_start=max(1, state.steps)))
+            return False
+        return state.steps < wsd_decay_start(total, self.config.anneal_fraction)
 
     def _count_idle_step(self) -> None:
         """Count a step of the run in which this optimizer did not step (``LayerwiseALSALS``: a part

@@ -12,7 +12,13 @@ optimisation, the Hugging Face ``Trainer``, ``accelerate``) and what each costs 
 
 from __future__ import annotations
 
+from ..layerwise import LayerwiseALSALS
+from ..optimizer import ALSALS
+
 __all__: list = []  # the submodules import their frameworks: never import them from here
+
+#: the optimizers the integrations drive: ALSALS (presets included) and the per-layer LayerwiseALSALS
+LINE_SEARCH_OPTIMIZERS = (ALSALS, LayerwiseALSALS)
 
 
 def _missing_extra(module: str, extra: str, error: ImportError) -> ImportError:

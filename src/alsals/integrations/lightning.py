@@ -27,8 +27,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..layerwise import LayerwiseALSALS
-from ..optimizer import ALSALS
-from . import _missing_extra
+from . import LINE_SEARCH_OPTIMIZERS, _missing_extra
 
 try:
     import lightning.pytorch as pl
@@ -42,10 +41,6 @@ __all__ = ["StepSizeLogger", "EvaluateAverage", "ForwardOnlyTrials", "check_trai
 def _unwrap(optimizer: Any) -> Any:
     """The torch optimizer inside Lightning's ``LightningOptimizer`` (or the object itself)."""
     return getattr(optimizer, "_optimizer", optimizer)
-
-
-#: the optimizers this integration drives: ALSALS (presets included) and the per-layer LayerwiseALSALS
-LINE_SEARCH_OPTIMIZERS = (ALSALS, LayerwiseALSALS)
 
 
 def alsals_optimizers(trainer: "pl.Trainer") -> List[Any]:

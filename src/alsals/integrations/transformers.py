@@ -43,7 +43,7 @@ from torch import nn
 from ..closure import RandomState
 from ..layerwise import LayerwiseALSALS
 from ..optimizer import ALSALS
-from . import _missing_extra
+from . import LINE_SEARCH_OPTIMIZERS, _missing_extra
 
 try:
     from transformers import Trainer, TrainingArguments
@@ -235,7 +235,7 @@ class ALSALSTrainer(Trainer):
             optimizer: torch.optim.Optimizer = self._create_layerwise(cast(nn.Module, self.model if model is None else model))
         else:
             optimizer = super().create_optimizer(model)
-        if not isinstance(optimizer, (ALSALS, LayerwiseALSALS)):
+        if not isinstance(optimizer, LINE_SEARCH_OPTIMIZERS):
             raise TypeError(
                 f"ALSALSTrainer needs an alsals.ALSALS optimizer (a preset, or alsals.LayerwiseALSALS), got "
                 f"{type(optimizer).__name__}. Use transformers.Trainer for other optimizers."
