@@ -29,26 +29,40 @@ def regression_loader(n=512, dim=8, batch_size=32, seed=0):
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen)
 
 
-class Automatic(L.LightningModule):
-    def __init__(self, dropout=0.1, schedule=False):
+class Regression(L.LightningModule):
+    """The training step and the optimizer configuration of the modules below (their ``forward`` and
+    ``make_optimizer`` are their own), with the weights drawn after ``torch.manual_seed(0)``."""
+
+    def __init__(self, schedule=False):
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Dropout(dropout), nn.Linear(32, 1))
         self.schedule = schedule
-        self.logged = []
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = F.mse_loss(self.net(x), y)
+        loss = F.mse_loss(self(x), y)
         self.log("train_loss", loss)
         return loss
 
     def configure_optimizers(self):
-        opt = alsals.ALSALS(self.parameters())
+        opt = self.make_optimizer()
         if not self.schedule:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class Automatic(Regression):
+    def __init__(self, dropout=0.1, schedule=False):
+        super().__init__(schedule)
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Dropout(dropout), nn.Linear(32, 1))
+        self.logged = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def make_optimizer(self):
+        return alsals.ALSALS(self.parameters())
 
 
 class AutomaticForwardOnly(ForwardOnlyTrials, Automatic):
@@ -351,31 +365,19 @@ def test_evaluate_average_validates_and_checkpoints_the_average_and_trains_at_th
 # LayerwiseALSALS (a torch.optim.Optimizer: configure_optimizers may return it)
 
 
-class LayerwiseAutomatic(L.LightningModule):
+class LayerwiseAutomatic(Regression):
     """Two top-level modules, two parts: ``hidden`` and ``out``."""
 
     def __init__(self, schedule=False):
-        super().__init__()
-        torch.manual_seed(0)
+        super().__init__(schedule)
         self.hidden = nn.Sequential(nn.Linear(8, 32), nn.Tanh())
         self.out = nn.Linear(32, 1)
-        self.schedule = schedule
 
     def forward(self, x):
         return self.out(self.hidden(x))
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.mse_loss(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        opt = alsals.LayerwiseALSALS(self)
-        if not self.schedule:
-            return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def make_optimizer(self):
+        return alsals.LayerwiseALSALS(self)
 
 
 class LayerwiseForwardOnly(ForwardOnlyTrials, LayerwiseAutomatic):
