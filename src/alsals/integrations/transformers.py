@@ -170,8 +170,10 @@ class ALSALSTrainer(Trainer):
     eps=args.adam_epsilon)`` with the Trainer's weight-decay groups (``args.weight_decay`` on the
     weights, none on biases and norms) and ``**alsals_kwargs``; with ``layerwise=True`` it is
     :class:`~alsals.LayerwiseALSALS` ``(model, groups, ...)`` with the same settings (one step size
-    per part of the model; a Hugging Face model is usually one top-level module, so pass
-    ``alsals_kwargs={"part_of": "blocks"}`` or a function of the parameter's name to split it). To
+    per part of the model, found below the levels that only wrap: a GPT-2's ``transformer.wte``,
+    ``transformer.h``, ...; where a model's body sits beside a head of its own, as BERT's ``bert``
+    beside ``classifier``, the body is one part: pass ``alsals_kwargs={"part_of": "blocks"}`` or a
+    function of the parameter's name to split it). To
     choose another optimizer of the library (a preset, other settings, a ``LayerwiseALSALS`` built
     yourself) pass ``optimizers=(opt, None)`` or ``optimizer_cls_and_kwargs=(alsals.SaLSa, {...})`` as
     to any ``Trainer``.
