@@ -15,6 +15,7 @@ averaged values: the step sizes and trial counts printed by every rank are ident
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -51,11 +52,7 @@ def wrap(model: nn.Module, fsdp2: bool) -> nn.Module:
     return fully_shard(model)
 
 
-def main() -> None:
-    args = parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
+def train(args: argparse.Namespace) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
 
     # A teacher network (the same on every rank) labels random inputs; every rank draws its own inputs.
@@ -93,6 +90,18 @@ def main() -> None:
         for r, (step_size, evaluations, backtracks) in enumerate(everyone):
             print(f"rank {r}: final step size {step_size:.6f}, {evaluations} evaluations, {backtracks} backtracks")
         print("all ranks agree" if all(e == everyone[0] for e in everyone) else "RANKS DISAGREE", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    train(args)
+    # The model, its DDP reducer and the optimizer hold the process group. Free them while gloo is
+    # still up: left to interpreter shutdown, gloo's threads can be torn down in the wrong order and
+    # the process aborts ("terminate called without an active exception") after training finished.
+    gc.collect()
     dist.barrier()  # no rank tears gloo down while another is still in a collective
     dist.destroy_process_group()
 

@@ -11,6 +11,7 @@ Each test spawns its ranks with ``multiprocessing`` (spawn), joins them with a d
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import subprocess
@@ -55,6 +56,8 @@ def _entry(worker, rank, world, init_method, out_dir, args):
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         result = worker(rank, world, out_dir, *args)
         torch.save(result, os.path.join(out_dir, f"result{rank}.pt"))
+        del result
+        gc.collect()  # free models and optimizers (which hold the process group) while gloo is up
         dist.barrier()
         dist.destroy_process_group()
     except BaseException:
