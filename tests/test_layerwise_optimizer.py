@@ -757,3 +757,147 @@ def test_a_closure_that_zeroes_gradients_in_place_does_not_reach_the_first_gradi
     assert all(torch.equal(a, b) for a, b in zip(weights, weights_z))
     assert all(torch.equal(a, b) for a, b in zip(grads, grads_z))
     assert any(g.abs().sum() > 0 for g in grads_z)  # the first evaluation's gradient is left in p.grad
+
+
+def _equal(a, b) -> bool:
+    """Bitwise equality of nested state (dicts, sequences, tensors, numbers; NaN equals NaN)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def _snapshot(model, opt):
+    return (copy.deepcopy(opt.state_dict()), [p.detach().clone() for p in model.parameters()],
+            [b.detach().clone() for b in model.buffers()])
+
+
+@pytest.mark.parametrize("amortized", [True, False], ids=["amortized", "every-step"])
+@pytest.mark.parametrize("told", [True, False], ids=["told", "anytime"])
+def test_an_exception_at_any_evaluation_of_a_step_leaves_every_parts_state_as_it_was(told, amortized):
+    """Whichever evaluation raises (a part's trial, the combined test), no part has committed: the
+    moments, step counts, search states, averages and the combined step's scale and counters are
+    as before the step, and the run then goes on exactly as one that never saw the exceptions."""
+    kwargs = {"total_steps": 40} if told else {}
+    batches = _batches(30)
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, amortized=amortized, **kwargs)
+    torch.manual_seed(2)
+    _train(model, opt, batches[:2])
+    twin_opt = copy.deepcopy(opt)
+    twin = twin_opt.model
+    kinds = set()
+    for step, idx in enumerate(batches[2:24]):
+        probe = copy.deepcopy(opt)  # how many evaluations this step makes
+        evaluations = {"n": 0}
+
+        def counted(idx=idx, probe=probe):
+            evaluations["n"] += 1
+            return nn.functional.mse_loss(probe.model(X[idx]), Y[idx])
+
+        torch.manual_seed(100 + step)
+        probe.step(counted)
+        kinds.add("part trials" if evaluations["n"] > 1 + probe.combined_trials - opt.combined_trials else "combined only")
+        for failing in range(2, evaluations["n"] + 1):
+            before = _snapshot(model, opt)
+            calls = {"n": 0}
+
+            def closure(idx=idx, failing=failing):
+                calls["n"] += 1
+                if calls["n"] == failing:
+                    raise RuntimeError("out of memory in this trial")
+                return nn.functional.mse_loss(model(X[idx]), Y[idx])
+
+            torch.manual_seed(100 + step)
+            with pytest.raises(RuntimeError, match="out of memory"):
+                opt.step(closure)
+            after = _snapshot(model, opt)
+            assert _equal(before[0], after[0]), f"the state changed when evaluation {failing} of step {step} raised"
+            assert _equal(before[1], after[1])
+            # the buffers hold the first evaluation's statistics, as after any step (no trial's)
+            first_only = copy.deepcopy(model)
+            with torch.no_grad():
+                for b, saved in zip(first_only.buffers(), before[2]):
+                    b.copy_(saved)
+                torch.manual_seed(100 + step)
+                first_only(X[idx])
+            assert _equal([b.detach() for b in first_only.buffers()], after[2])
+        for m, o in ((model, opt), (twin, twin_opt)):
+            torch.manual_seed(100 + step)
+            o.step(lambda m=m, idx=idx: nn.functional.mse_loss(m(X[idx]), Y[idx]))
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+    assert kinds == ({"part trials", "combined only"} if amortized else {"part trials"}), kinds
+    assert opt.counters == twin_opt.counters and _equal(opt.state_dict(), twin_opt.state_dict())
+
+
+@pytest.mark.parametrize("kernels", [{}, {"fused": False}, {"foreach": False}], ids=["fused", "foreach", "reference"])
+@pytest.mark.parametrize("told", [True, False], ids=["told", "anytime"])
+def test_a_staged_alsals_step_committed_is_the_step_and_dropped_changes_nothing(told, kernels):
+    """What LayerwiseALSALS builds on: ALSALS's step staged up to its last evaluation, then committed
+    and published, gives the plain step's weights and state bitwise, on searched and amortized steps
+    and with each kernel; a staged step that is dropped (the weights put back) leaves the state as
+    it was."""
+    kwargs = {"total_steps": 30, **kernels} if told else dict(kernels)
+    models = [_model(), _model()]
+    plain, staged = (alsals.ALSALS(m.parameters(), **kwargs) for m in models)
+    kinds = set()
+    for step, idx in enumerate(_batches(20)):
+        torch.manual_seed(step)
+        plain.step(lambda: nn.functional.mse_loss(models[0](X[idx]), Y[idx]))
+        kinds.add(plain.search_state["last_status"])
+
+        def closure(idx=idx):
+            return nn.functional.mse_loss(models[1](X[idx]), Y[idx])
+
+        start = [p.detach().clone() for p in models[1].parameters()]
+        if step % 3 == 2:  # dropped, then staged again
+            state = copy.deepcopy(staged.state_dict())
+            torch.manual_seed(step)
+            staged._staged_step(closure)
+            with torch.no_grad():
+                for p, w in zip(models[1].parameters(), start):
+                    p.copy_(w)
+            assert _equal(state, staged.state_dict())
+        torch.manual_seed(step)
+        stage = staged._staged_step(closure)
+        end = [p.detach().clone() for p in models[1].parameters()]
+        with torch.no_grad():
+            for p, w in zip(models[1].parameters(), start):
+                p.copy_(w)
+        stage.commit()
+        with torch.no_grad():
+            for p, e in zip(models[1].parameters(), end):
+                p.copy_(e)
+        stage.publish()
+        assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))
+    assert "amortized" in kinds and len(kinds) >= 2  # searched steps report how their search ended
+    assert _equal(plain.state_dict(), staged.state_dict())
+
+
+def test_a_closure_that_zeroes_gradients_in_place_gives_the_amortized_parts_the_first_gradient():
+    """The amortized parts' updates wait for the commit, after the other parts' trials: a closure in
+    the LBFGS style that zeroes ``p.grad`` in place before its backward pass must not reach the
+    gradient those updates use, over a run long enough for amortized steps."""
+    results = []
+    for set_to_none in (True, False):
+        model = _model()
+        opt = alsals.LayerwiseALSALS(model, total_steps=40)
+        for idx in _batches(25):
+            def closure(idx=idx):
+                model.zero_grad(set_to_none=set_to_none)
+                loss = nn.functional.mse_loss(model(X[idx]), Y[idx])
+                loss.backward()
+                return loss
+            opt.step(closure)
+        results.append(([p.detach().clone() for p in model.parameters()], opt.state_dict()))
+    (weights, state), (weights_z, state_z) = results
+    assert all(torch.equal(a, b) for a, b in zip(weights, weights_z))
+    assert _equal(state, state_z)
+    statuses = {part.search_state["last_status"] for part in opt.parts.values()}
+    amortized = sum(part.counters["steps"] - part.counters["searches"] for part in opt.parts.values())
+    assert amortized > 0, statuses

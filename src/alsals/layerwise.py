@@ -34,6 +34,13 @@ A part with no gradient in a step (frozen, or a branch the loss did not use) sta
 stepped. A step whose first loss (averaged over the ranks) or gradient is not finite is skipped as
 a whole, counted once in ``skipped_steps``.
 
+**Exceptions.** Each part's step is staged (:meth:`alsals.ALSALS._staged_step`): run up to its last
+evaluation, its end point kept, its state changes held in a :class:`alsals.optimizer.StagedStep`.
+They are committed only after the combined test, when no closure is left to evaluate, so an
+exception in any evaluation (a part's trial, the combined test) leaves the weights at ``w0`` and
+every part's state, and this optimizer's scale and counters, as they were. An amortized part's
+update is computed on copies of its moments for its end point and rerun in place at the commit.
+
 **The combined step** (``combined_test=True``, the default). Steps acceptable one part at a time can
 add up to one that is not (each layer's step changes what the next one's does), so their sum is
 tested along its own line. With ``s_k = e_k − w0`` and ``g_k`` part ``k``'s gradient at ``w0``,
@@ -91,7 +98,7 @@ from torch.nn.utils import parametrize
 
 from .anneal import wsd_decay_start
 from .closure import ClosureEvaluator, RandomState, check_loss
-from .optimizer import ALSALS
+from .optimizer import ALSALS, StagedStep
 from .search import plan, smooth
 
 #: the most trials of the combined step in one step (as ALSALS's own search)
@@ -298,15 +305,6 @@ class _FirstEvaluationGiven:
             return self._loss
         self.trials += 1
         return self._closure()
-
-
-def _step_without_hooks(opt: ALSALS, closure: Callable[[], Any]) -> Any:
-    """A part's step without torch's optimizer step hooks: the global ones
-    (``torch.optim.optimizer.register_optimizer_step_pre_hook``) and those registered on the
-    :class:`LayerwiseALSALS` fire once per step, around its own ``step``, not once more per part.
-    torch wraps ``ALSALS.step`` (``functools.wraps``: the function is ``__wrapped__``) to run them."""
-    step = getattr(type(opt).step, "__wrapped__", None)
-    return step(opt, closure) if step is not None else opt.step(closure)
 
 
 class PartsState(Mapping):
@@ -659,6 +657,7 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         evaluator = ClosureEvaluator(closure, params, type(self).__name__, trials=False)
         loss = evaluator.first()
         after = RandomState(devices)
+        carried = self._carried()  # put back if the step raises
         self._steps += 1
         self._forwards += 1
         self._backward_passes += evaluator.backward_passes
@@ -681,6 +680,7 @@ class LayerwiseALSALS(torch.optim.Optimizer):
         testing = self.combined_test and len(stepping) > 1 and (
             not self.amortized_combined_test or any(self._searches_now(name) for name in stepping))
         ends: Dict[str, List[Tensor]] = {}
+        staged: Dict[str, StagedStep] = {}
         predicted = 0.0
         scale = 1.0
         try:
@@ -688,11 +688,12 @@ class LayerwiseALSALS(torch.optim.Optimizer):
                 part_grads = {p: grads[p] for p in self._params(name) if p in grads}
                 if not part_grads:  # frozen, or unused by this step's loss: the part stays
                     ends[name] = starts[name]
-                    opt._count_idle_step()  # its anneal follows the run's step
                     continue
                 before.restore()
                 given = _FirstEvaluationGiven(closure, loss, part_grads, self.model, forward_only)
-                _step_without_hooks(opt, given)
+                # torch's step hooks fire once, around this optimizer's step; the part's state changes
+                # wait until no closure is left to evaluate (below)
+                staged[name] = opt._staged_step(given)
                 self._forwards += given.trials
                 self._backward_passes += 0 if forward_only else given.trials
                 with torch.no_grad():
@@ -706,16 +707,19 @@ class LayerwiseALSALS(torch.optim.Optimizer):
             elif self.combined_test and len(stepping) > 1:  # amortized: the carried scale, untested
                 scale = self.scale
                 self.combined_reused += 1
-            if scale != 1.0:
-                move_averages(self.parts, starts, ends, weights_before, scale)
         except BaseException:
-            self._set(starts, starts, set(), 1.0)  # an exception leaves the weights at w0
+            # nothing is committed yet: the weights back at w0, and this optimizer's own state
+            self._set(starts, starts, set(), 1.0)
+            self._restore_carried(carried)
             raise
         finally:
             self._restore_buffers(buffers)
             after.restore()
             for p in params:  # the first evaluation's gradient, as ALSALS leaves it
                 p.grad = grads.get(p)
+        self._commit_parts(staged, starts, ends)
+        if scale != 1.0:
+            move_averages(self.parts, starts, ends, weights_before, scale)
         self._set(starts, ends, set(self.parts), scale)
         if (self._plateau is not None and self.decay_start == 0 and self._steps < self._fixed_decay_start
                 and self._plateau.update(loss0)):
@@ -723,6 +727,33 @@ class LayerwiseALSALS(torch.optim.Optimizer):
             for opt in self.parts.values():
                 opt.begin_decay()
         return loss
+
+    def _commit_parts(self, staged: Dict[str, StagedStep], starts: Dict[str, List[Tensor]],
+                      ends: Dict[str, List[Tensor]]) -> None:
+        """The parts' staged steps, committed once no closure is left to evaluate: the moments and
+        step counts (from ``w0``, where an amortized part reruns its update), then, with every part at
+        its own end, the search states and the averages' samples; a part without gradients in this
+        step only counts the step (its anneal follows the run's)."""
+        self._set(starts, starts, set(), 1.0)
+        for stage in staged.values():
+            stage.commit()
+        self._set(starts, ends, set(staged), 1.0)
+        for name, opt in self.parts.items():
+            if name in staged:
+                staged[name].publish()
+            else:
+                opt._count_idle_step()
+
+    def _carried(self) -> Tuple[Any, ...]:
+        """This optimizer's own scalars that a step changes before it commits (the combined step's
+        scale and averages, the counters), to put back when the step raises."""
+        return (self.scale, self.smoothed_decrease, self.smoothed_prediction, self.combined_trials,
+                self.combined_cuts, self.combined_reused, self._steps, self._forwards, self._backward_passes,
+                self._last_loss)
+
+    def _restore_carried(self, carried: Tuple[Any, ...]) -> None:
+        (self.scale, self.smoothed_decrease, self.smoothed_prediction, self.combined_trials, self.combined_cuts,
+         self.combined_reused, self._steps, self._forwards, self._backward_passes, self._last_loss) = carried
 
     def _searches_now(self, name: str) -> bool:
         """Whether part ``name``'s optimizer will search in its next step (its plan, from its state)."""

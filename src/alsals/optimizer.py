@@ -119,6 +119,41 @@ class _DeviceCounts:
         return state
 
 
+@dataclass
+class StagedStep:
+    """A step of :class:`ALSALS` run up to the point where no closure is left to evaluate
+    (:meth:`ALSALS._staged_step`): the parameters sit at the step's end point, and nothing else has
+    changed. What is left, none of which evaluates the closure or can fail on the user's account:
+
+    - :meth:`commit`: update Adam's moments and the per-parameter step counts, as the step would
+      have. An amortized step's update is rerun in place for that (its end point was computed on
+      copies of the moments), so it must run with the parameters back at the step's start;
+    - :meth:`publish`: the carried search state, the average of the iterates (sampled from the
+      parameters, which must then sit at the end point), the distributed consistency check.
+
+    ``LayerwiseALSALS`` stages every part's step and commits them only once its combined test has
+    passed, so that an exception in a later part's trial or in the combined test leaves every
+    part's state as it was. Dropping a staged step leaves the optimizer as it was before the step
+    (the parameters apart: the caller puts them back)."""
+
+    commits: List[Callable[[], None]] = field(default_factory=list)
+    published: Optional[Callable[[], None]] = None
+
+    def commit(self) -> None:
+        with torch.no_grad():  # in-place updates of leaf parameters, as inside the step
+            for action in self.commits:
+                action()
+
+    def publish(self) -> None:
+        if self.published is not None:
+            with torch.no_grad():
+                self.published()
+
+
+def _clone(tensor: Optional[Tensor]) -> Optional[Tensor]:
+    return tensor.clone() if tensor is not None else None
+
+
 def _same(tensor: Optional[Tensor]) -> Optional[Tensor]:
     return tensor
 
@@ -383,6 +418,8 @@ class ALSALS(Optimizer):
         self._state_cache: Tuple[Optional[Dict[str, Any]], Optional[SearchState]] = (None, None)
         #: counts of amortized steps decided on the device, not yet read back
         self._device_counts: Optional[_DeviceCounts] = None
+        #: the step being staged (_staged_step), whose state changes wait for StagedStep.commit/publish
+        self._stage: Optional[StagedStep] = None
 
     # ------------------------------------------------------------------------------------------
     # Parameter groups, the shared search state, pickling
@@ -577,17 +614,45 @@ class ALSALS(Optimizer):
             loss = evaluator.first()
             with torch.no_grad():
                 outcome = self._take_step(evaluator, loss, step_plan, state, grad_scaler)
-        state = self._search_state()  # with the device-side counts the step's read may have folded in
-        state = advance(state, step_plan, outcome, self.config.search, self.config.amortization)
-        if self.config.averages:
-            state = self._sample_average(state)
-        self._publish(state)
-        if self._read_losses:
-            self._watch_plateau()
-        if self.config.check_consistency:
-            self._settle()
-            distributed.check_consistency(self)
+
+        def publish() -> None:
+            state = self._search_state()  # with the device-side counts the step's read may have folded in
+            state = advance(state, step_plan, outcome, self.config.search, self.config.amortization)
+            if self.config.averages:
+                state = self._sample_average(state)
+            self._publish(state)
+            if self._read_losses:
+                self._watch_plateau()
+            if self.config.check_consistency:
+                self._settle()
+                distributed.check_consistency(self)
+
+        if self._stage is not None:
+            self._stage.published = publish
+        else:
+            publish()
         return loss
+
+    def _staged_step(self, closure: Callable[[], Any]) -> StagedStep:
+        """:meth:`step` (without torch's step hooks) up to the point where no closure is left to
+        evaluate: the parameters end at the step's end point and every other change waits in the
+        returned :class:`StagedStep`. Used by ``LayerwiseALSALS``, which commits its parts only once
+        nothing can raise any more. An exception leaves everything as it was (the parameters at the
+        step's start)."""
+        stage = self._stage = StagedStep()
+        try:
+            step = getattr(type(self).step, "__wrapped__", None)  # torch's hooks run around the caller's step
+            step(self, closure) if step is not None else self.step(closure)
+        finally:
+            self._stage = None
+        return stage
+
+    def _on_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` (a change of the optimizer's state) now, or at the staged step's commit."""
+        if self._stage is not None:
+            self._stage.commits.append(action)
+        else:
+            action()
 
     def _watch_plateau(self) -> None:
         """decay_on_plateau: feed the first losses read in this step (averaged over the ranks) to the
@@ -693,7 +758,10 @@ class ALSALS(Optimizer):
             return Outcome(kind, loss0, evaluator.evaluations, evaluator.backward_passes, **extra)
 
         scaler_found_inf = self._unscale(grad_scaler)
-        buckets = self._gradient_buckets(clone_grads=step_plan.search and evaluator.trials_run_backward)
+        # trials that run backward replace p.grad: a searched step keeps copies; so does a staged
+        # amortized step, whose update reruns at the commit, after other optimizers' trials
+        keep_grads = step_plan.search or self._stage is not None
+        buckets = self._gradient_buckets(clone_grads=keep_grads and evaluator.trials_run_backward)
         found_inf = scaler_found_inf if scaler_found_inf is not None else self._gradient_check(buckets)
         if not step_plan.search and all(b.fused for b in buckets):
             return self._amortized_on_device(evaluator, loss, found_inf, buckets, step_plan)
@@ -743,27 +811,49 @@ class ALSALS(Optimizer):
         skip = flag.to(torch.float32)
         if self.reducer.active and self._slope_weights:
             torch.distributed.all_reduce(skip, op=torch.distributed.ReduceOp.MAX, group=self.reducer.process_group)
-        counts = self._device_counts or _DeviceCounts(
-            torch.zeros((), dtype=torch.float64, device=skip.device), loss, skip
-        )
-        self._device_counts = counts.add(loss, skip)
-        if self._plateau is not None:
-            self._pending_losses.append(loss.detach().reshape(()))
         nan = math.nan
+        anneal = self._anneal_factor(step_plan.step)
+        on_device = {b.device: skip.to(b.device) for b in buckets}
+
+        def update(targets: List[_Bucket]) -> None:
+            for b in targets:
+                committed, _ = self._commit_step(b, step_plan.step_size, anneal)
+                kernels.apply_step_fused(
+                    b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, **b.hyper,  # type: ignore[arg-type]
+                    step_size=committed, weight_decay=float(b.group["weight_decay"]), skip=on_device[b.device],
+                )
+
+        def commit() -> None:
+            counts = self._device_counts or _DeviceCounts(
+                torch.zeros((), dtype=torch.float64, device=skip.device), loss, skip
+            )
+            self._device_counts = counts.add(loss, skip)
+            if self._plateau is not None:
+                self._pending_losses.append(loss.detach().reshape(()))
+            update(buckets)
+            for b in buckets:
+                self._record_state(b)
+
+        self._amortized(buckets, update, commit)
         if not buckets:
             return Outcome(StepKind.NO_GRADIENTS, nan, evaluator.evaluations, evaluator.backward_passes)
-        anneal = self._anneal_factor(step_plan.step)
-        on_device: Dict[torch.device, Tensor] = {}
-        for b in buckets:
-            committed, _ = self._commit_step(b, step_plan.step_size, anneal)
-            if b.device not in on_device:
-                on_device[b.device] = skip.to(b.device)
-            kernels.apply_step_fused(
-                b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, **b.hyper,  # type: ignore[arg-type]
-                step_size=committed, weight_decay=float(b.group["weight_decay"]), skip=on_device[b.device],
-            )
-            self._record_state(b)
         return Outcome(StepKind.AMORTIZED, nan, evaluator.evaluations, evaluator.backward_passes, anneal=anneal)
+
+    def _amortized(self, buckets: List[_Bucket], update: Callable[[List[_Bucket]], None],
+                   commit: Callable[[], None]) -> None:
+        """An amortized step: ``commit()`` (``update(buckets)`` in place, and the state recorded) now;
+        or, when the step is staged, the parameters moved to the step's end by ``update`` on copies of
+        the moments (one bucket at a time, so at most one bucket's copies are alive, as a searched
+        step's trial copy and direction are), and ``commit`` when the staged step commits (from the
+        step's start again: the same kernel on the same values, the same end point and moments)."""
+        if self._stage is None:
+            commit()
+            return
+        for b in buckets:
+            copies = [(_clone(m), _clone(v)) for m, v in zip(b.exp_avgs, b.exp_avg_sqs)]
+            update([replace(b, exp_avgs=[m for m, _ in copies], exp_avg_sqs=[v for _, v in copies])])
+            del copies
+        self._stage.commits.append(commit)
 
     def _search(
         self,
@@ -802,7 +892,7 @@ class ALSALS(Optimizer):
             slope = exact_slope if fd_slope is None else fd_slope
             if not math.isfinite(slope):
                 point.restore()
-                self._store_moments(buckets)  # as a failed search: the moments advance, the weights stay
+                self._on_commit(lambda: self._store_moments(buckets))  # as a failed search: the moments advance
                 return outcome(StepKind.SKIPPED_NONFINITE_SLOPE)
 
             def decrease_at(step_size: float) -> Optional[float]:
@@ -820,7 +910,7 @@ class ALSALS(Optimizer):
                 decrease_at,
             )
             # The commit: moments, step counts and parameters together (no evaluation can raise now).
-            self._store_moments(buckets)
+            self._on_commit(lambda: self._store_moments(buckets))
             if result.status.commits:
                 point.commit(result.step_size, [self._commit_step(b, result.step_size, anneal) for b in buckets])
             else:
@@ -1007,17 +1097,25 @@ class ALSALS(Optimizer):
         """A step without a search: update the moments and set ``w ← w − lr·a·η·(d + λ·w)`` at once,
         with ``d`` never stored (as Adam's kernel does)."""
         kind = self.config.direction
-        for b in buckets:
-            committed, keep = self._commit_step(b, step_size, anneal)
-            if b.foreach:
-                kernels.apply_step_foreach(
-                    b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, kind=kind, **b.hyper,  # type: ignore[arg-type]
-                    step_size=committed, keep=keep,
-                )
-            else:
-                for p, g, m, v in zip(b.params, b.grads, b.exp_avgs, b.exp_avg_sqs):
-                    kernels.apply_step_reference(p, g, m, v, kind=kind, **b.hyper, step_size=committed, keep=keep)
-            self._record_state(b)
+
+        def update(targets: List[_Bucket]) -> None:
+            for b in targets:
+                committed, keep = self._commit_step(b, step_size, anneal)
+                if b.foreach:
+                    kernels.apply_step_foreach(
+                        b.params, b.grads, b.exp_avgs, b.exp_avg_sqs, kind=kind, **b.hyper,  # type: ignore[arg-type]
+                        step_size=committed, keep=keep,
+                    )
+                else:
+                    for p, g, m, v in zip(b.params, b.grads, b.exp_avgs, b.exp_avg_sqs):
+                        kernels.apply_step_reference(p, g, m, v, kind=kind, **b.hyper, step_size=committed, keep=keep)
+
+        def commit() -> None:
+            update(buckets)
+            for b in buckets:
+                self._record_state(b)
+
+        self._amortized(buckets, update, commit)
 
     def _anneal_factor(self, step: int) -> float:
         """The built-in anneal factor ``a(t)`` of the committed step (1 without ``total_steps``)."""
@@ -1069,4 +1167,4 @@ class ALSALS(Optimizer):
         return packed.tolist()
 
 
-__all__ = ["ALSALS", "COUNTER_KEYS", "GROUP_KEYS"]
+__all__ = ["ALSALS", "COUNTER_KEYS", "GROUP_KEYS", "StagedStep"]
