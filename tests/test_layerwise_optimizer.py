@@ -735,21 +735,28 @@ def test_a_state_saved_with_other_parts_names_the_rule_that_loads_it():
         alsals.LayerwiseALSALS(wrapped).load_state_dict(before.state_dict())
 
 
+def _train_zeroing_grads(set_to_none: bool, total_steps: int, steps: int):
+    """A model trained by LayerwiseALSALS with a closure in the ``torch.optim.LBFGS`` style, which
+    zeroes ``p.grad`` (in place when ``set_to_none=False``) before its own backward pass."""
+    model = _model()
+    opt = alsals.LayerwiseALSALS(model, total_steps=total_steps)
+    for idx in _batches(steps):
+        def closure(idx=idx):
+            model.zero_grad(set_to_none=set_to_none)
+            loss = nn.functional.mse_loss(model(X[idx]), Y[idx])
+            loss.backward()
+            return loss
+        opt.step(closure)
+    return model, opt
+
+
 def test_a_closure_that_zeroes_gradients_in_place_does_not_reach_the_first_gradient():
     """A closure in the ``torch.optim.LBFGS`` style that zeroes ``p.grad`` in place
     (``set_to_none=False``) before its backward pass gives the steps one that sets it to None gives:
     no trial reaches the first evaluation's gradients, which every part's search uses."""
     results = []
     for set_to_none in (True, False):
-        model = _model()
-        opt = alsals.LayerwiseALSALS(model, total_steps=10)
-        for idx in _batches(4):
-            def closure(idx=idx):
-                model.zero_grad(set_to_none=set_to_none)
-                loss = nn.functional.mse_loss(model(X[idx]), Y[idx])
-                loss.backward()
-                return loss
-            opt.step(closure)
+        model, opt = _train_zeroing_grads(set_to_none, total_steps=10, steps=4)
         results.append(([p.detach().clone() for p in model.parameters()], [p.grad.clone() for p in model.parameters()],
                         opt.counters))
     (weights, grads, counters), (weights_z, grads_z, counters_z) = results
@@ -885,15 +892,7 @@ def test_a_closure_that_zeroes_gradients_in_place_gives_the_amortized_parts_the_
     gradient those updates use, over a run long enough for amortized steps."""
     results = []
     for set_to_none in (True, False):
-        model = _model()
-        opt = alsals.LayerwiseALSALS(model, total_steps=40)
-        for idx in _batches(25):
-            def closure(idx=idx):
-                model.zero_grad(set_to_none=set_to_none)
-                loss = nn.functional.mse_loss(model(X[idx]), Y[idx])
-                loss.backward()
-                return loss
-            opt.step(closure)
+        model, opt = _train_zeroing_grads(set_to_none, total_steps=40, steps=25)
         results.append(([p.detach().clone() for p in model.parameters()], opt.state_dict()))
     (weights, state), (weights_z, state_z) = results
     assert all(torch.equal(a, b) for a, b in zip(weights, weights_z))

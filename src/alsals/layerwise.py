@@ -717,10 +717,10 @@ class LayerwiseALSALS(torch.optim.Optimizer):
             after.restore()
             for p in params:  # the first evaluation's gradient, as ALSALS leaves it
                 p.grad = grads.get(p)
-        self._commit_parts(staged, starts, ends)
+        self._commit_parts(staged, starts, ends)  # every part at its own end: the step when the scale is 1
         if scale != 1.0:
             move_averages(self.parts, starts, ends, weights_before, scale)
-        self._set(starts, ends, set(self.parts), scale)
+            self._set(starts, ends, set(self.parts), scale)
         if (self._plateau is not None and self.decay_start == 0 and self._steps < self._fixed_decay_start
                 and self._plateau.update(loss0)):
             self.decay_start = self._steps
@@ -744,16 +744,17 @@ class LayerwiseALSALS(torch.optim.Optimizer):
             else:
                 opt._count_idle_step()
 
-    def _carried(self) -> Tuple[Any, ...]:
-        """This optimizer's own scalars that a step changes before it commits (the combined step's
-        scale and averages, the counters), to put back when the step raises."""
-        return (self.scale, self.smoothed_decrease, self.smoothed_prediction, self.combined_trials,
-                self.combined_cuts, self.combined_reused, self._steps, self._forwards, self._backward_passes,
-                self._last_loss)
+    #: this optimizer's own scalars that a step changes before it commits (the combined step's scale
+    #: and averages, the counters), put back when the step raises
+    _CARRIED = ("scale", "smoothed_decrease", "smoothed_prediction", "combined_trials", "combined_cuts",
+                "combined_reused", "_steps", "_forwards", "_backward_passes", "_last_loss")
 
-    def _restore_carried(self, carried: Tuple[Any, ...]) -> None:
-        (self.scale, self.smoothed_decrease, self.smoothed_prediction, self.combined_trials, self.combined_cuts,
-         self.combined_reused, self._steps, self._forwards, self._backward_passes, self._last_loss) = carried
+    def _carried(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in self._CARRIED}
+
+    def _restore_carried(self, carried: Dict[str, Any]) -> None:
+        for name, value in carried.items():
+            setattr(self, name, value)
 
     def _searches_now(self, name: str) -> bool:
         """Whether part ``name``'s optimizer will search in its next step (its plan, from its state)."""
