@@ -147,7 +147,7 @@ def test_rivals_run_on_the_rival_split_only():
 
     runner.register_task(DEV_TASK)
     suite = dataclasses.replace(SUITE, optimizers=("alsals", "prodigy"), grids={"adamw": (-8,), "sfadamw": (-7,)},
-                                core_optimizers=("alsals",), core_grids=("adamw",), rival_split="test")
+                                core_optimizers=("alsals",), core_grids=("adamw",), rival_splits=("test",))
     todo = driver.plan(suite, [], [T, DEV_TASK.name])
     dev = {o for t, o, _ in todo if t == DEV_TASK.name}
     test = {o for t, o, _ in todo if t == T}
@@ -165,8 +165,9 @@ def test_the_documented_suites_are_well_formed():
     for name in ("salsa-ref", "salsa-ref-default", "salsa-ref-anneal", "sls-anneal", "salsa-anneal"):
         assert name in full.optimizers
     assert driver.SUITES["quick"].smoke and not full.smoke
-    assert full.rival_split == "test" and full.core_optimizers == ("alsals", "alsals-anytime")
+    assert full.rival_splits == ("test", "holdout") and full.core_optimizers == ("alsals", "alsals-anytime")
     assert not full.runs_on("sfadamw", "dev", grid=True) and full.runs_on("adamw", "dev", grid=True)
+    assert full.runs_on("prodigy", "holdout") and full.runs_on("sfadamw", "holdout", grid=True)
 
 
 def test_in_suite_keeps_the_suites_own_records_only():

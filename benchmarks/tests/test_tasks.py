@@ -23,7 +23,9 @@ FIRST_DEV = ["digits_mlp", "mnist_cnn", "mnist1d_cnn", "bbc_transformer", "shake
 WIDER_DEV = ["friedman_mlp", "mnist1d_gru", "genre_gru"]
 DEV = FIRST_DEV + WIDER_DEV
 TEST = ["mnist_resnet", "mnist_vit", "bbc_gru", "bbc_lstm_lm", "breast_cancer_mlp", "diabetes_mlp"]
-EXPECTED_ORDER = DEV + TEST
+#: the twelfth round's second test split, added after the first had been seen
+HOLDOUT = ["digits_cnn", "bbc_cnn", "bbc_gpt", "wine_mlp", "friedman3_mlp"]
+EXPECTED_ORDER = DEV + TEST + HOLDOUT
 METRICS = {"classification": ("accuracy", True), "regression": ("mse", False),
            "language_model": ("nats_per_byte", False)}
 #: a learning rate for the short Adam run of each task (30 steps)
@@ -82,11 +84,42 @@ def test_the_first_tasks_and_the_sixth_rounds_are_the_dev_split_and_the_new_ones
 
 def test_the_recipe_follows_the_architecture():
     for name, task in TASKS.items():
-        transformer = name in ("bbc_transformer", "shakespeare_gpt", "shakespeare_hf_gpt2", "mnist_vit")
+        transformer = name in ("bbc_transformer", "shakespeare_gpt", "shakespeare_hf_gpt2", "mnist_vit", "bbc_gpt")
         assert task.transformer is transformer, name
         assert task.weight_decay == (0.1 if transformer else 0.01)
         assert task.grad_clip == (1.0 if transformer else None)
     assert {n for n, t in TASKS.items() if t.batchnorm} == {"mnist_cnn", "mnist_resnet"}
+
+
+def test_the_holdout_split_covers_the_four_families_with_pairs_no_other_task_has():
+    from alsals_bench.runner import resolve_tasks
+
+    assert tasks_of_split("holdout") == HOLDOUT
+    assert resolve_tasks(["holdout"]) == HOLDOUT and set(HOLDOUT) <= set(resolve_tasks(None))
+    assert {TASKS[n].family for n in HOLDOUT} == {"image", "tabular", "text", "language_model"}
+    # a new (data, architecture) pair each: the model class and the data builder differ from every
+    # dev and test task's pair
+    def pair(name):
+        instance = TASKS[name].build(0)
+        return type(instance.model).__name__, str(instance.model)[:200], instance.n_train
+    others = {pair(n) for n in DEV + TEST}
+    for name in HOLDOUT:
+        assert pair(name) not in others, name
+
+
+def test_holdout_tables_are_split_disjoint_and_fixed():
+    from alsals_bench import data
+
+    wine = data.load_wine()
+    assert [len(wine.split(s)[1]) for s in ("train", "val", "test")] == [118, 30, 30]
+    assert wine.class_names == ("class_0", "class_1", "class_2") and set(wine.y_train.tolist()) == {0, 1, 2}
+    friedman3 = data.load_friedman3()
+    assert [len(friedman3.split(s)[1]) for s in ("train", "val", "test")] == [800, 200, 200]
+    for splits in (wine, friedman3):
+        rows = {tuple(row) for s in ("train", "val", "test") for row in splits.split(s)[0].tolist()}
+        assert len(rows) == sum(len(splits.split(s)[1]) for s in ("train", "val", "test"))
+    assert (data.load_friedman3().x_val == friedman3.x_val).all()
+    assert friedman3.y_train.dtype.name == "float32" and friedman3.x_train.shape[1] == 4
 
 
 def test_a_task_must_declare_a_known_split():
@@ -248,7 +281,7 @@ def test_the_wider_dev_tasks_run_with_the_dev_split_and_the_probe_split_is_gone(
     assert all(TASKS[n].split == "dev" for n in WIDER_DEV)
     assert resolve_tasks(["dev"]) == DEV
     assert set(WIDER_DEV) <= set(resolve_tasks(None))
-    with pytest.raises(KeyError, match="or a split: dev, test, scale"):
+    with pytest.raises(KeyError, match="or a split: dev, test, holdout, scale"):
         resolve_tasks(["probe"])
 
 

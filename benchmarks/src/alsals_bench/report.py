@@ -68,6 +68,9 @@ ROW_NOTES = {
     "ninth round's, its parts found below the model's levels that only wrap",
     "alsals-layerwise-lib-anytime-unwrap": "LayerwiseALSALS(model), the tenth round's default not told the run's "
     "length: no anneal, evaluated at its averages",
+    "alsals-layerwise-lib-anytime-avg0.5": "probe: the same not told the run's length, evaluated at a longer "
+    "average (anneal_fraction=0.5: γ = 2)",
+    "alsals-layerwise-lib-anytime-avg1": "probe: the same, every iterate weighted alike (anneal_fraction=1: γ = 0)",
     "alsals-layerwise-lib-plateau-spread": "ablation: the same with the plateau test's first version "
     "(plateau_noise='spread': the windows' raw spread as the noise)",
     "alsals-layerwise-lib-wsd": "ablation: LayerwiseALSALS(model, decay_on_plateau=False, total_steps=T), the "
@@ -424,7 +427,8 @@ def render_markdown(meta: dict, runs: Sequence[dict], plot_paths: dict | None = 
         n = len(sp["tasks"])
         parts.append(f"## {split.capitalize()} split ({n} task{'s' if n != 1 else ''})" + (
             " — the tasks the defaults were chosen on" if split == "dev" else
-            " — tasks the defaults never saw; nothing was chosen on them"))
+            " — tasks the defaults never saw; nothing was chosen on them" if split == "test" else
+            " — a second test split, added after the first had been seen; nothing was chosen on it"))
         parts.append("### Optimisation: final train loss ÷ AdamW best by train loss\n\n"
                      + optimisation_table(summary, split))
         parts.append("### Generalisation: test metric − AdamW best by validation\n\n"

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .api import Task
+from .api import REPORTED_SPLITS, SPLITS, Task
 from .optimizers import RunContext, get_spec, make_adapter
 from .provenance import provenance as current_provenance
 
@@ -115,24 +115,24 @@ def get_task(task: str | Task) -> Task:
 
 
 def resolve_tasks(names: Iterable[str] | None) -> list[str]:
-    """Check task names; ``None`` means every dev and test task of ``alsals_bench.tasks.TASKS`` (the
-    scale suite's, and tasks registered with :func:`register_task`, run only when named). The names
-    ``dev``, ``test`` and ``scale`` stand for every task of that split."""
+    """Check task names; ``None`` means every dev, test and holdout task of ``alsals_bench.tasks.TASKS``
+    (the scale suite's, and tasks registered with :func:`register_task`, run only when named). The
+    names ``dev``, ``test``, ``holdout`` and ``scale`` stand for every task of that split."""
     known = available_tasks()
     if names is None:
-        return [t for t, task in _registry_tasks().items() if task.split in ("dev", "test")] or list(known)
+        return [t for t, task in _registry_tasks().items() if task.split in REPORTED_SPLITS] or list(known)
     out: list[str] = []
     for n in names:
         n = n.strip()
         if not n:
             continue
-        if n in ("dev", "test", "scale"):
+        if n in SPLITS:
             expanded = [t for t, task in _registry_tasks().items() if task.split == n]
         elif n in known:
             expanded = [n]
         else:
             listing = ", ".join(sorted(known)) or "(none: alsals_bench.tasks is missing)"
-            raise KeyError(f"unknown task {n!r}; known tasks: {listing} (or a split: dev, test, scale)")
+            raise KeyError(f"unknown task {n!r}; known tasks: {listing} (or a split: {', '.join(SPLITS)})")
         out += [t for t in expanded if t not in out]
     return out
 

@@ -173,12 +173,12 @@ def rivals_region(summary: dict, split: str = "test") -> str:
 
 
 def readme_table(summary: dict) -> str:
-    """The README's compact table: both comparisons on both splits for a few rows."""
+    """The README's compact table: both comparisons on each split for a few rows."""
     rows = []
     for name in README_ROWS:
         cells = [report.row_label(name)]
         any_found = False
-        for split in ("test", "dev"):
+        for split in ("test", "holdout", "dev"):
             s = _split_summary(summary, split, name)
             o = (s or {}).get("optimisation")
             g = (s or {}).get("generalisation")
@@ -191,6 +191,7 @@ def readme_table(summary: dict) -> str:
             rows.append(cells)
     return table(["optimizer", "test: train loss ÷ AdamW (by train), geo-mean [seed CI]",
                   "test: held-out vs AdamW (by val), W / T / L",
+                  "holdout: train loss ÷ AdamW", "holdout: held-out W / T / L",
                   "dev: train loss ÷ AdamW", "dev: held-out W / T / L", "fwd / bwd per step (test)"], rows)
 
 
@@ -295,9 +296,10 @@ def regions(meta: dict, runs: Sequence[dict], overhead: dict | None = None,
     out["readme-table"] = readme_table(summary)
     out["headline"] = headline_region(summary)
     out["rivals-test"] = rivals_region(summary, "test")
+    out["rivals-holdout"] = rivals_region(summary, "holdout")
     out["loo-dev"] = loo_region(summary, "dev")
     out["loo-test"] = loo_region(summary, "test")
-    for split in ("test", "dev"):
+    for split in ("test", "holdout", "dev"):
         if split not in summary["splits"]:
             for kind in ("summary", "optimisation", "generalisation", "seeds"):
                 out[f"{kind}-{split}"] = f"(no runs of the {split} split in `{source}`)"
