@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a suite (resumable: rerun on the same --out to continue)")
     run.add_argument("--suite", choices=list(_suite_names()), default="quick")
     run.add_argument("--tasks", nargs="+", metavar="TASK",
-                     help="tasks or splits (dev, test), comma or space separated; default: the suite's")
+                     help="tasks or splits (dev, test, holdout, scale), comma or space separated; default: the suite's")
     run.add_argument("--optimizers", nargs="+", metavar="OPT",
                      help="optimizers, grid points (adamw-lr1e-3) or grids to tune (adamw-grid, "
                           "sfadamw-grid); default: the suite's")
