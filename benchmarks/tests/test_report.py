@@ -34,6 +34,13 @@ def test_markdown_has_both_splits_both_comparisons_and_the_seeds():
     assert "Smoke-sized" in report.render_markdown({"smoke": True}, _runs())
 
 
+def test_the_holdout_split_gets_its_own_section_after_the_test_split():
+    md = report.render_markdown({"suite": "full"}, _runs("holdout", "h1") + _runs("dev", "d1") + _runs("test", "t1"))
+    sections = [md.index(h) for h in ("## Dev split (1 task)", "## Test split (1 task)", "## Holdout split (1 task)")]
+    assert sections == sorted(sections)
+    assert "a second test split, added after the first had been seen" in md
+
+
 def test_a_selection_left_at_the_edge_is_flagged():
     runs = grid("t1", "adamw", {-8: (0.3, 0.8), -7: (0.2, 0.85), -6: (0.1, 0.9)})
     md = report.render_markdown({}, runs)

@@ -19,11 +19,14 @@ OVERHEAD = ROOT / "docs" / "benchmarks" / "overhead.json"
 DOCS = [ROOT / "docs" / "benchmarks.md", ROOT / "README.md"]
 
 
-def test_every_region_is_generated_for_both_splits():
-    regions = tables.regions({"commands": ["cmd A"]}, _runs("dev", "d1") + _runs("test", "t1"))
+def test_every_region_is_generated_for_every_split():
+    regions = tables.regions({"commands": ["cmd A"]}, _runs("dev", "d1") + _runs("test", "t1") + _runs("holdout", "h1"))
     for name in ("provenance", "setup", "grids", "readme-table", "headline", "summary-dev", "summary-test",
-                 "optimisation-dev", "optimisation-test", "generalisation-test", "seeds-test", "overhead"):
+                 "optimisation-dev", "optimisation-test", "generalisation-test", "seeds-test", "overhead",
+                 "summary-holdout", "optimisation-holdout", "generalisation-holdout", "seeds-holdout",
+                 "rivals-holdout", "targets-test", "targets-holdout"):
         assert name in regions, name
+    assert "no runs" not in regions["summary-holdout"]
     assert "`cmd A`" in regions["provenance"]
     assert "seeds split" in regions["summary-test"] and "1 wins, 0 ties, 0 losses" in regions["summary-test"]
 
@@ -60,4 +63,5 @@ def test_the_committed_docs_are_generated_from_the_committed_results():
         new, unknown = tables.rewrite(text, regions)
         assert not unknown, (doc.name, unknown)
         assert new == text, f"{doc.name} is out of date: run `make bench-tables`"
-    assert {"summary-test", "summary-dev", "readme-table", "optimisation-test", "generalisation-test"} <= used
+    assert {"summary-test", "summary-dev", "readme-table", "optimisation-test", "generalisation-test",
+            "summary-holdout", "targets-test", "targets-holdout"} <= used

@@ -24,7 +24,7 @@ WIDER_DEV = ["friedman_mlp", "mnist1d_gru", "genre_gru"]
 DEV = FIRST_DEV + WIDER_DEV
 TEST = ["mnist_resnet", "mnist_vit", "bbc_gru", "bbc_lstm_lm", "breast_cancer_mlp", "diabetes_mlp"]
 #: the twelfth round's second test split, added after the first had been seen
-HOLDOUT = ["digits_cnn", "bbc_cnn", "bbc_gpt", "wine_mlp", "friedman3_mlp"]
+HOLDOUT = ["mnist_mlp", "bbc_cnn", "bbc_gpt", "clusters_mlp", "friedman3_mlp"]
 EXPECTED_ORDER = DEV + TEST + HOLDOUT
 METRICS = {"classification": ("accuracy", True), "regression": ("mse", False),
            "language_model": ("nats_per_byte", False)}
@@ -110,12 +110,13 @@ def test_the_holdout_split_covers_the_four_families_with_pairs_no_other_task_has
 def test_holdout_tables_are_split_disjoint_and_fixed():
     from alsals_bench import data
 
-    wine = data.load_wine()
-    assert [len(wine.split(s)[1]) for s in ("train", "val", "test")] == [118, 30, 30]
-    assert wine.class_names == ("class_0", "class_1", "class_2") and set(wine.y_train.tolist()) == {0, 1, 2}
+    clusters = data.load_clusters()
+    assert [len(clusters.split(s)[1]) for s in ("train", "val", "test")] == [800, 200, 200]
+    assert clusters.class_names == ("0", "1", "2", "3") and set(clusters.y_train.tolist()) == {0, 1, 2, 3}
+    assert (data.load_clusters().y_test == clusters.y_test).all()
     friedman3 = data.load_friedman3()
     assert [len(friedman3.split(s)[1]) for s in ("train", "val", "test")] == [800, 200, 200]
-    for splits in (wine, friedman3):
+    for splits in (clusters, friedman3):
         rows = {tuple(row) for s in ("train", "val", "test") for row in splits.split(s)[0].tolist()}
         assert len(rows) == sum(len(splits.split(s)[1]) for s in ("train", "val", "test"))
     assert (data.load_friedman3().x_val == friedman3.x_val).all()

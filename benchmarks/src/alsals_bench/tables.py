@@ -17,7 +17,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from . import compare, report, stats
+from . import compare, report, stats, targets
 from .report import fmt, fmt_diff, fmt_interval, table
 
 #: the rows of the README's compact table
@@ -297,6 +297,8 @@ def regions(meta: dict, runs: Sequence[dict], overhead: dict | None = None,
     out["headline"] = headline_region(summary)
     out["rivals-test"] = rivals_region(summary, "test")
     out["rivals-holdout"] = rivals_region(summary, "holdout")
+    for split in ("test", "holdout"):
+        out[f"targets-{split}"] = targets.render(summary, split)
     out["loo-dev"] = loo_region(summary, "dev")
     out["loo-test"] = loo_region(summary, "test")
     for split in ("test", "holdout", "dev"):
