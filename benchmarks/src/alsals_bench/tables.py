@@ -118,9 +118,11 @@ def _verdicts(summary: dict, split: str, name: str) -> dict:
 
 
 def headline_region(summary: dict) -> str:
-    """One paragraph: both comparisons of the headline optimizer on the test split, then the dev split."""
+    """One paragraph per split: both comparisons of the headline optimizer on the test split, the
+    holdout split, then the dev split."""
     parts = []
     for split, intro in (("test", "**On the test split** (tasks the defaults never saw)"),
+                         ("holdout", "**On the holdout split** (tasks added after the test split had been seen)"),
                          ("dev", "**On the dev split** (the tasks the defaults were chosen on: in-sample)")):
         s = _split_summary(summary, split, compare.HEADLINE)
         if not s or not s.get("optimisation"):

@@ -121,7 +121,7 @@ def _held_cell(m: dict) -> str:
         unit = "points" if metric == "accuracy" else metric.replace("nats_per_byte", "nats/byte").replace("mse", "MSE")
         parts.append(f"{family} {mean:+.3g} {unit}")
         if not mean >= 0:
-            missed.append(family)
+            missed.append(f"{family} ({unit})")
     worse = ", ".join(f"`{t}`" for t in m["held_out_losses"])
     losses = f"; every seed worse on {worse}" if worse else ""
     verdict = "met" if not missed else f"**missed** for {', '.join(missed)}"
