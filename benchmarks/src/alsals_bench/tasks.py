@@ -594,15 +594,19 @@ def _standardised(splits: data.LabelledSplits) -> dict[str, np.ndarray]:
             for name in ("train", "val", "test")}
 
 
-@functools.lru_cache(maxsize=1)
-def _breast_cancer_data() -> _ClassificationData:
-    """Breast cancer, features standardised on the training split."""
-    splits = data.load_breast_cancer()
+def standardised_classification_data(splits: data.LabelledSplits) -> _ClassificationData:
+    """A labelled table with its features standardised with the training split's statistics."""
     x = _standardised(splits)
     evaluation = {split: (torch.from_numpy(x[split]), torch.from_numpy(np.array(splits.split(split)[1])))
                   for split in SPLITS}
     return _ClassificationData(torch.from_numpy(x["train"]), torch.from_numpy(np.array(splits.y_train)),
                                evaluation)
+
+
+@functools.lru_cache(maxsize=1)
+def _breast_cancer_data() -> _ClassificationData:
+    """Breast cancer, features standardised on the training split."""
+    return standardised_classification_data(data.load_breast_cancer())
 
 
 def build_breast_cancer_mlp(seed: int) -> TaskInstance:
@@ -738,12 +742,7 @@ def build_bbc_gpt(seed: int) -> TaskInstance:
 @functools.lru_cache(maxsize=1)
 def _clusters_data() -> _ClassificationData:
     """The generated clusters table, features standardised on the training split."""
-    splits = data.load_clusters()
-    x = _standardised(splits)
-    evaluation = {split: (torch.from_numpy(x[split]), torch.from_numpy(np.array(splits.split(split)[1])))
-                  for split in SPLITS}
-    return _ClassificationData(torch.from_numpy(x["train"]), torch.from_numpy(np.array(splits.y_train)),
-                               evaluation)
+    return standardised_classification_data(data.load_clusters())
 
 
 def build_clusters_mlp(seed: int) -> TaskInstance:
