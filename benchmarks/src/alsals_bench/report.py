@@ -305,7 +305,7 @@ def per_seed_table(summary: dict, split: str, name: str = compare.HEADLINE) -> s
         va = ts["references"].get(compare.reference_label(compare.REFERENCE_FAMILY, "val"))
         scale_name = METRIC_LABEL.get(ts["metric"], ts["metric"])
         rows.append([
-            t, ", ".join(map(str, e["seeds"])),
+            t, ", ".join(map(str, o["seeds"] if o else e["seeds"])),  # the seeds the ratios are over
             f"{tr.point.lr:g}" if tr and tr.point else "—",
             ", ".join(fmt(v) for v in o["ratios"]) if o else "—",
             ", ".join(fmt(v, 4) for v in o["values"]) if o else "—",

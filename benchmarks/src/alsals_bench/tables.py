@@ -301,6 +301,8 @@ def regions(meta: dict, runs: Sequence[dict], overhead: dict | None = None,
     out["rivals-holdout"] = rivals_region(summary, "holdout")
     for split in ("test", "holdout"):
         out[f"targets-{split}"] = targets.render(summary, split)
+        out[f"seeds-{split}-layerwise"] = (report.per_seed_table(summary, split, targets.PAIRS[1][1])
+                                           if split in summary["splits"] else f"(no runs of the {split} split)")
     out["loo-dev"] = loo_region(summary, "dev")
     out["loo-test"] = loo_region(summary, "test")
     for split in ("test", "holdout", "dev"):

@@ -34,7 +34,8 @@ regression is Friedman #1). Nothing may be chosen on them. A task qualifies only
 stays a finite positive number for the tuned AdamW: the first version's CNN on the 8x8 digits and
 MLP on scikit-learn's wine table were memorised to a float32 loss of exactly 0 by the AdamW grid
 (and by ALSALS), where no ratio is defined, and were replaced by the MNIST MLP and the generated
-table before any other row ran on them (``docs/benchmarks.md``, "Twelfth round").
+table after every row had run on them; the replacements' AdamW grid ran first, alone
+(``docs/benchmarks.md``, "Twelfth round", has the first version's numbers).
 
 Evaluation (``instance.evaluate(model, split)``, split "val" or "test") runs under
 ``torch.no_grad()`` in eval mode (every submodule's mode is restored afterwards) on a fixed subset:
