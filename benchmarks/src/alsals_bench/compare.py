@@ -360,7 +360,8 @@ ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average"
                       "alsals-doubling-interval10-anytime", "alsals-doubling-interpolate-anytime",
                       "alsals-layerwise-anytime", "alsals-layerwise-joint-anytime", "alsals-layerwise-scaled-anytime",
                       "alsals-layerwise-lib-amortized-anytime", "alsals-layerwise-lib-blocks-anytime",
-                      "alsals-layerwise-lib-anytime-unwrap")
+                      "alsals-layerwise-lib-anytime-unwrap", "alsals-layerwise-lib-anytime-avg0.5",
+                      "alsals-layerwise-lib-anytime-avg1")
 
 
 def leave_one_task_out(summary: dict, split: str, candidates: Sequence[str]) -> list[dict]:
