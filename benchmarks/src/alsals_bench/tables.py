@@ -301,7 +301,7 @@ def regions(meta: dict, runs: Sequence[dict], overhead: dict | None = None,
     out["rivals-holdout"] = rivals_region(summary, "holdout")
     for split in ("test", "holdout"):
         out[f"targets-{split}"] = targets.render(summary, split)
-        out[f"seeds-{split}-layerwise"] = (report.per_seed_table(summary, split, targets.PAIRS[1][1])
+        out[f"seeds-{split}-layerwise"] = (report.per_seed_table(summary, split, targets.LAYERWISE_TOLD)
                                            if split in summary["splits"] else f"(no runs of the {split} split)")
     out["loo-dev"] = loo_region(summary, "dev")
     out["loo-test"] = loo_region(summary, "test")

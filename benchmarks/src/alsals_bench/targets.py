@@ -27,7 +27,7 @@ import math
 from collections import OrderedDict
 
 from . import stats
-from .compare import train_loss
+from .compare import REFERENCE_FAMILY, optimisation, reference_label
 from .driver import RIVALS
 from .report import fmt, table
 
@@ -35,10 +35,12 @@ GEOMEAN_TARGET = 0.85
 TASK_TARGET = 1.25
 ANYTIME_TARGET = 1.5
 
+#: the per-layer optimizer's default rows, told the run's length and not
+LAYERWISE_TOLD, LAYERWISE_ANYTIME = "alsals-layerwise-lib-plateau-unwrap", "alsals-layerwise-lib-anytime-unwrap"
 #: the pairs the targets are measured for: (label, told row, not-told row)
 PAIRS = (
     ("`ALSALS` defaults", "alsals", "alsals-anytime"),
-    ("per-layer `LayerwiseALSALS`", "alsals-layerwise-lib-plateau-unwrap", "alsals-layerwise-lib-anytime-unwrap"),
+    ("per-layer `LayerwiseALSALS`", LAYERWISE_TOLD, LAYERWISE_ANYTIME),
 )
 
 
@@ -46,17 +48,10 @@ def _entry(summary: dict, task: str, name: str) -> dict | None:
     return summary["tasks"][task]["entries"].get(name)
 
 
-def _paired_geomean(a: dict[int, dict], b: dict[int, dict], value) -> float:
-    """Geometric mean over the seeds both have of ``value(a[s]) / value(b[s])``."""
-    seeds = sorted(set(a) & set(b))
-    ratios = [value(a[s]) / value(b[s]) for s in seeds if value(b[s]) > 0]
-    return stats.geomean(ratios) if ratios else math.nan
-
-
 def _ratio_on(entry: dict, reference: dict[int, dict], seeds: set[int]) -> float:
-    """The entry's train-loss ratio to the reference runs, over ``seeds``."""
-    runs = {s: r for s, r in entry["runs"].items() if s in seeds}
-    return _paired_geomean(runs, reference, train_loss)
+    """The entry's train-loss ratio to the reference runs (:func:`compare.optimisation`'s geo-mean of
+    the per-seed ratios), over ``seeds``."""
+    return optimisation({s: r for s, r in entry["runs"].items() if s in seeds}, reference)["geomean"]
 
 
 def measure(summary: dict, split: str, told: str, anytime: str) -> dict | None:
@@ -86,7 +81,7 @@ def measure(summary: dict, split: str, told: str, anytime: str) -> dict | None:
         ts = summary["tasks"][t]
         family = ts["family"]
         e = _entry(summary, t, told)
-        ref = ts["references"].get("adamw (best by train)")
+        ref = ts["references"].get(reference_label(REFERENCE_FAMILY, "train"))
         better = []
         for rival in RIVALS:
             r = _entry(summary, t, rival)
@@ -107,7 +102,7 @@ def measure(summary: dict, split: str, told: str, anytime: str) -> dict | None:
                 losses.append(t)
         a = _entry(summary, t, anytime)
         if a:
-            anytime_ratio[t] = _paired_geomean(a["runs"], e["runs"], train_loss)
+            anytime_ratio[t] = optimisation(a["runs"], e["runs"])["geomean"]
     out["rivals_better"] = beaten
     out["held_out"] = OrderedDict((key, (stats.mean([v for _, v in vals]), vals)) for key, vals in held.items())
     out["held_out_losses"] = losses
