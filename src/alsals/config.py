@@ -44,6 +44,9 @@ from .search import (
 
 #: how the slope ``D = gᵀd`` is obtained
 SLOPE_METHODS = ("exact", "finite_difference")
+#: the direction a search's trials move along: this step's (formed with this batch's gradient), or
+#: the step before's (formed without it, so that the batch tests the step as unseen data would)
+TRIAL_DIRECTIONS = ("current", "previous")
 
 #: the defaults of version 0.1.0, every engine setting (kept unchanged: ``preset="v0.1"``)
 _V0_1: Dict[str, Any] = dict(
@@ -60,6 +63,7 @@ _V0_1: Dict[str, Any] = dict(
     direction="adam",
     slope="exact",
     finite_difference_eps=5e-9,
+    trial_direction="current",
     amortized=True,
     max_search_interval=20,
     search_interval_rule="halving",
@@ -143,6 +147,7 @@ class ALSALSConfig:
     direction: str = "adam"
     slope: str = "exact"
     finite_difference_eps: float = 5e-9
+    trial_direction: str = "current"
     amortized: bool = True
     max_search_interval: int = 20
     search_interval_rule: str = "doubling"
@@ -192,6 +197,7 @@ class ALSALSConfig:
             ("growth_per", GROWTH_PER),
             ("direction", kernels.DIRECTION_KINDS),
             ("slope", SLOPE_METHODS),
+            ("trial_direction", TRIAL_DIRECTIONS),
             ("search_interval_rule", INTERVAL_RULES),
             ("anneal", ANNEAL_SHAPES),
             ("increase_test", INCREASE_TESTS),
@@ -210,6 +216,13 @@ class ALSALSConfig:
             raise ValueError(
                 "fused=True and foreach=False contradict each other: foreach=False asks for the "
                 "single-tensor reference kernels. Leave one of them at its default (None)."
+            )
+        if self.trial_direction == "previous" and self.direction != "adam":
+            raise ValueError(
+                f"trial_direction='previous' moves the trials along Adam's direction of the step before "
+                f"(its moments without this batch's gradient); direction={self.direction!r} has no such "
+                "direction (it is formed from the gradient alone). Use direction='adam', or leave "
+                "trial_direction at 'current'."
             )
         if self.fused and self.direction != "adam":
             raise ValueError(

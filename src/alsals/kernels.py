@@ -104,6 +104,18 @@ def direction_reference(
     return direction.mul_(exp_avg.lerp(grad, 1.0 - beta1)).mul_(1.0 / bias1)
 
 
+def previous_direction_reference(
+    exp_avg: Tensor, exp_avg_sq: Tensor, *, beta1: float, beta2: float, eps: float, step: int
+) -> Tensor:
+    """Adam's direction of the step before (``trial_direction="previous"``): ``P·m̂`` from the moments
+    as they are, with the bias corrections of step ``step − 1`` (``step`` is this step's count, at
+    least 2). This step's gradient takes no part, so its batch can test a step along it without the
+    selection bias of a direction formed from the batch itself."""
+    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step - 1)
+    denominator = _denominator_reference(exp_avg_sq.sqrt(), sqrt_bias2, eps)
+    return exp_avg.div(denominator).mul_(1.0 / bias1)
+
+
 def apply_step_reference(
     param: Tensor,
     grad: Tensor,
@@ -192,6 +204,17 @@ def direction_foreach(
         torch._foreach_mul_(directions, grads)
         return directions
     torch._foreach_mul_(directions, list(torch._foreach_lerp(exp_avgs, grads, 1.0 - beta1)))
+    torch._foreach_mul_(directions, 1.0 / bias1)
+    return directions
+
+
+def previous_direction_foreach(
+    exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor], *, beta1: float, beta2: float, eps: float, step: int
+) -> List[Tensor]:
+    """:func:`previous_direction_reference` for a list of parameters."""
+    bias1, sqrt_bias2 = _bias_corrections(beta1, beta2, step - 1)
+    denominators = _denominator_foreach(list(torch._foreach_sqrt(exp_avg_sqs)), sqrt_bias2, eps)
+    directions = list(torch._foreach_div(exp_avgs, denominators))
     torch._foreach_mul_(directions, 1.0 / bias1)
     return directions
 

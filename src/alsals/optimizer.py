@@ -274,6 +274,14 @@ class ALSALS(Optimizer):
         slope: ``"exact"`` (``gᵀd``, free) or ``"finite_difference"`` (the paper's
             ``(f(w) − f(w − ε·d))/ε``, one more forward pass per step).
         finite_difference_eps: ``ε`` of the finite-difference slope (5e-9).
+        trial_direction: what a search's trials move along. ``"current"`` (the paper's): this step's
+            direction, formed with this batch's gradient. ``"previous"``: the direction of the step
+            before (Adam's moments without this batch's gradient), so the batch tests the step as
+            data the direction has not seen: the slope ``gᵀd`` and the decrease along ``d`` are then
+            unbiased estimates of those of the expected loss, where this step's direction carries
+            ``(1 − β1)·g`` and so rewards a step that fits the batch's own noise. The accepted step
+            size is committed along this step's direction, as Adam's update; the first step (no
+            moments yet) searches along its own. Needs ``direction="adam"``.
         amortized: search only every few steps (:class:`~alsals.search.AmortizationConfig`; on; the
             paper: off).
         max_search_interval: the longest interval between amortized searches (20).
@@ -342,6 +350,7 @@ class ALSALS(Optimizer):
         direction: Optional[str] = None,
         slope: Optional[str] = None,
         finite_difference_eps: Optional[float] = None,
+        trial_direction: Optional[str] = None,
         amortized: Optional[bool] = None,
         max_search_interval: Optional[int] = None,
         search_interval_rule: Optional[str] = None,
@@ -375,7 +384,7 @@ class ALSALS(Optimizer):
                 backtrack=backtrack, slope_smoothing=slope_smoothing, min_step_size=min_step_size,
                 max_step_size=max_step_size, max_backtracks=max_backtracks, ascent_handling=ascent_handling,
                 direction=direction, slope=slope, finite_difference_eps=finite_difference_eps,
-                amortized=amortized, max_search_interval=max_search_interval,
+                trial_direction=trial_direction, amortized=amortized, max_search_interval=max_search_interval,
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
                 interpolate=interpolate, max_increase=max_increase, rate_smoothing=rate_smoothing,
                 increase_test=increase_test, recover=recover, match_displacement=match_displacement,
@@ -910,6 +919,13 @@ class ALSALS(Optimizer):
                 decrease_at,
             )
             # The commit: moments, step counts and parameters together (no evaluation can raise now).
+            if result.status.commits:  # the accepted step size is committed along this step's direction
+                redirected = [b for b in buckets if self._trials_on_previous(b)]
+                for b in redirected:
+                    b.directions = []  # the trial direction's memory, before this step's is formed
+                    self._form_directions(b)
+                if redirected:
+                    point.directions_changed()
             self._on_commit(lambda: self._store_moments(buckets))
             if result.status.commits:
                 point.commit(result.step_size, [self._commit_step(b, result.step_size, anneal) for b in buckets])
@@ -1057,21 +1073,41 @@ class ALSALS(Optimizer):
         ]
         return (totals[0] if len(totals) == 1 else torch.stack(totals).sum()) * 0.0
 
-    def _directions(self, buckets: List[_Bucket]) -> Tensor:
-        """Form every bucket's direction (out of place: the moments do not change) and return the
-        slope ``D = gᵀd`` as a 0-dim float64 tensor (not read back to the host here)."""
+    def _form_directions(self, b: _Bucket, previous: bool = False) -> None:
+        """Set ``b.directions`` (out of place: the moments do not change): this step's direction, or
+        with ``previous`` the step before's (:func:`~alsals.kernels.previous_direction_reference`)."""
         kind = self.config.direction
+        if previous:
+            if b.foreach:
+                b.directions = kernels.previous_direction_foreach(b.exp_avgs, b.exp_avg_sqs, **b.hyper)  # type: ignore[arg-type]
+            else:
+                b.directions = [
+                    kernels.previous_direction_reference(m, v, **b.hyper)  # type: ignore[arg-type]
+                    for m, v in zip(b.exp_avgs, b.exp_avg_sqs)
+                ]
+        elif b.foreach:
+            b.directions = kernels.direction_foreach(b.grads, b.exp_avgs, b.exp_avg_sqs, kind=kind, **b.hyper)  # type: ignore[arg-type]
+        else:
+            b.directions = [
+                kernels.direction_reference(g, m, v, kind=kind, **b.hyper)
+                for g, m, v in zip(b.grads, b.exp_avgs, b.exp_avg_sqs)
+            ]
+
+    def _trials_on_previous(self, b: _Bucket) -> bool:
+        """Whether the bucket's trials move along the step before's direction (``trial_direction=
+        "previous"`` and the parameters have taken a step: before it there are no moments)."""
+        return self.config.trial_direction == "previous" and b.step > 1
+
+    def _directions(self, buckets: List[_Bucket]) -> Tensor:
+        """Form every bucket's trial direction (:meth:`_form_directions`) and return the slope
+        ``D = gᵀd`` as a 0-dim float64 tensor (not read back to the host here)."""
         slopes: List[Tensor] = []
         first_device = buckets[0].device
         for b in buckets:
+            self._form_directions(b, previous=self._trials_on_previous(b))
             if b.foreach:
-                b.directions = kernels.direction_foreach(b.grads, b.exp_avgs, b.exp_avg_sqs, kind=kind, **b.hyper)  # type: ignore[arg-type]
                 bucket_slopes = [kernels.slope_foreach(b.grads, b.directions).to(first_device)]
             else:
-                b.directions = [
-                    kernels.direction_reference(g, m, v, kind=kind, **b.hyper)
-                    for g, m, v in zip(b.grads, b.exp_avgs, b.exp_avg_sqs)
-                ]
                 bucket_slopes = [kernels.slope_reference(g, d).to(first_device) for g, d in zip(b.grads, b.directions)]
             if b.weight != 1.0:
                 bucket_slopes = [s * b.weight for s in bucket_slopes]

@@ -14,6 +14,7 @@ step returns. Amortized steps use no trial point.
 
 from __future__ import annotations
 
+import math
 from types import TracebackType
 from typing import List, Optional, Protocol, Sequence, Tuple, Type
 
@@ -73,6 +74,11 @@ class TrialPoint:
         for bucket, origins in zip(self._buckets, self._origins):
             kernels.set_trial(bucket.params, origins, bucket.directions, step_size, foreach=bucket.foreach)
         self.step_size = step_size
+
+    def directions_changed(self) -> None:
+        """The buckets' directions were replaced (the trials' line is not the committed step's): the
+        parameters sit on neither line's known point, so :meth:`commit` sets them from ``w0``."""
+        self.step_size = math.nan
 
     def restore(self) -> None:
         """Put the parameters back to ``w0``, bitwise."""

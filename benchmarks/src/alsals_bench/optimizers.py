@@ -648,7 +648,7 @@ for _name, _told, _joint, _scaled in (
 def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test: bool = False,
                                part_of: str = "top", anneal: str | None = None, decay_on_plateau: bool = False,
                                plateau_noise: str | None = None, below_wrappers: bool = False,
-                               anneal_fraction: float | None = None):
+                               anneal_fraction: float | None = None, trial_direction: str | None = None):
     """``below_wrappers``: the parts found below the levels that only wrap (the library's rule since
     the tenth round, ``alsals.layerwise.wrapper_prefix``); False (the rows before it): the first
     components of the parameters' names, passed to the library as that rule. ``anneal_fraction``:
@@ -674,6 +674,8 @@ def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test:
             args["plateau_noise"] = plateau_noise
         if anneal_fraction is not None:
             args["anneal_fraction"] = anneal_fraction
+        if trial_direction is not None:
+            args["trial_direction"] = trial_direction
         groups = decay_groups(model, ctx.weight_decay)
         kwargs = {k: v for k, v in args.items() if k != "parts_below_wrappers"}
         kwargs.update(rules)  # the rule in place of its name
@@ -762,6 +764,18 @@ for _fraction in (0.5, 1.0):
         f"told the run's length, evaluated at a longer average of the iterates (γ = {2 / _fraction - 2:g})",
         step_size=_alsals_step, knows_total_steps=False,
     ))
+# Thirteenth round: the searches' trials move along the step before's direction (trial_direction="previous"),
+# formed without this batch's gradient, so the batch tests the step as data it has not seen; the defaults
+# otherwise, told the run's length, for ALSALS and for the per-layer optimizer (an ablation, not adopted).
+register_alsals_variant("alsals-trial-previous", trial_direction="previous", knows_total_steps=True)
+register_optimizer(OptimizerSpec(
+    name="alsals-layerwise-lib-trial-previous",
+    factory=_layerwise_library_factory(True, decay_on_plateau=True, below_wrappers=True, trial_direction="previous"),
+    protocol="alsals", family="alsals",
+    description="alsals.LayerwiseALSALS(model, total_steps=T, trial_direction='previous'): the tenth round's told "
+    "default, each part's trials along its direction of the step before (formed without this batch's gradient)",
+    step_size=_alsals_step, knows_total_steps=True,
+))
 # The tenth round's ALSALS with the plateau rule of LayerwiseALSALS (decay_on_plateau=True): its wsd decay
 # starts when the batch loss stops falling, at the latest at 80% of the run.
 register_alsals_variant("alsals-plateau", decay_on_plateau=True, knows_total_steps=True)
