@@ -56,6 +56,7 @@ VARIANTS = [
     Variant("no-amortization", {"amortized": False}, amortized=False, device_amortized=False),
     Variant("doubling-interval", {"search_interval_rule": "doubling"}),
     Variant("finite-difference", {"slope": "finite_difference"}),
+    Variant("trial-previous", {"trial_direction": "previous"}),
     Variant("reference-kernels", {"foreach": False}, device_amortized=False),
     Variant("foreach-kernels", {"foreach": True}),
     Variant("unfused", {"fused": False}, device_amortized=False),

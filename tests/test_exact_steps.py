@@ -74,6 +74,8 @@ FAULT_CASES = {
     "first-trial": (dict(), 2),
     "backtracking-trial": (dict(initial_step_size=1.0), 3),  # a large step: the search backtracks
     "finite-difference": (dict(slope="finite_difference"), 2),
+    # trials along the step before's direction, the commit along this step's
+    "trial-previous-backtracking": (dict(initial_step_size=1.0, trial_direction="previous"), 3),
     "amortized-first-evaluation": (dict(), 1),
 }
 

@@ -28,7 +28,10 @@ place when the step commits, so ``m`` and ``v`` end bitwise as if they had been 
 points are set from a saved copy ``w0`` of the parameters (:func:`set_trial`), never reached by
 accumulating moves, and the committed point is computed from ``w0`` (:func:`commit`). An amortized
 step (no search) is one update, :func:`apply_step_reference`, as in ``torch.optim.Adam``; its fast path
-is torch's fused AdamW kernel (:func:`apply_step_fused`).
+is torch's fused AdamW kernel (:func:`apply_step_fused`). With ``trial_direction="previous"`` the
+trials move along :func:`previous_direction_reference`, the direction the step before formed
+(``P·m̂`` from the moments as they are, with that step's bias corrections), and the commit along
+this step's.
 """
 
 from __future__ import annotations

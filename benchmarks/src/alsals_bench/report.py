@@ -68,6 +68,10 @@ ROW_NOTES = {
     "ninth round's, its parts found below the model's levels that only wrap",
     "alsals-layerwise-lib-anytime-unwrap": "LayerwiseALSALS(model), the tenth round's default not told the run's "
     "length: no anneal, evaluated at its averages",
+    "alsals-trial-previous": "ablation: ALSALS(total_steps=T, trial_direction='previous'): the defaults, the "
+    "searches' trials along the step before's direction (formed without this batch's gradient)",
+    "alsals-layerwise-lib-trial-previous": "ablation: the tenth round's LayerwiseALSALS(model, total_steps=T), each "
+    "part's trials along the step before's direction (trial_direction='previous')",
     "alsals-layerwise-lib-anytime-avg0.5": "probe: the same not told the run's length, evaluated at a longer "
     "average (anneal_fraction=0.5: γ = 2)",
     "alsals-layerwise-lib-anytime-avg1": "probe: the same, every iterate weighted alike (anneal_fraction=1: γ = 0)",
