@@ -221,7 +221,7 @@ class ALSALSConfig:
             raise ValueError(
                 f"trial_direction='previous' moves the trials along Adam's direction of the step before "
                 f"(its moments without this batch's gradient); direction={self.direction!r} has no such "
-                "direction (it is formed from the gradient alone). Use direction='adam', or leave "
+                "direction (it needs this step's gradient). Use direction='adam', or leave "
                 "trial_direction at 'current'."
             )
         if self.fused and self.direction != "adam":
