@@ -16,14 +16,13 @@ the told default's record (``alsals-layerwise-lib-plateau-unwrap`` in the result
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gzip
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from alsals_bench import optimizers
+from alsals_bench.optimizers import wrapped_step
 from alsals_bench.runner import get_task, run_one
 
 from alsals.anneal import PlateauDetector
@@ -32,14 +31,12 @@ NOT_TOLD, TOLD = "alsals-layerwise-lib-anytime-unwrap", "alsals-layerwise-lib-pl
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "results.json.gz"
 
 
-def decayed_from_plateau(spec: optimizers.OptimizerSpec, min_window: int, found: dict) -> optimizers.OptimizerSpec:
-    """``spec`` whose committed step is scaled by ``s/t`` from the first plateau ``s`` (recorded in ``found``)."""
+def decayed_from_plateau(min_window: int, found: dict):
+    """A step wrapper (:func:`alsals_bench.optimizers.wrapped_step`) that scales the committed step
+    by ``s/t`` from the first plateau ``s`` (recorded in ``found``)."""
 
-    def factory(model, ctx):
-        built = spec.factory(model, ctx)
-        opt = built.optimizer
+    def wrap(opt, step):
         losses: list[float] = []
-        step = opt.step
 
         def decayed_step(*args, **kwargs):
             t = len(losses) + 1
@@ -56,10 +53,9 @@ def decayed_from_plateau(spec: optimizers.OptimizerSpec, min_window: int, found:
                     found["s"] = t
             return loss
 
-        opt.step = decayed_step
-        return built
+        return decayed_step
 
-    return dataclasses.replace(spec, name=f"{spec.name}-decay-from-plateau", factory=factory)
+    return wrap
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -74,11 +70,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for task in args.tasks:
         for seed in args.seeds:
             found: dict = {}
-            spec = optimizers.register_optimizer(decayed_from_plateau(optimizers.get_spec(NOT_TOLD), args.min_window, found))
-            try:
-                loss = float(run_one(get_task(task), spec.name, seed, steps_key="full")["final_train_loss"])
-            finally:
-                optimizers.OPTIMIZERS.pop(spec.name, None)
+            with wrapped_step(NOT_TOLD, decayed_from_plateau(args.min_window, found)) as row:
+                loss = float(run_one(get_task(task), row, seed, steps_key="full")["final_train_loss"])
             ratio = loss / told.get((task, seed), math.nan)
             print(f"  {task:20s} seed {seed}  plateau at step {found.get('s')} of {get_task(task).steps_full}  "
                   f"train loss {loss:.4g}  ÷ told {ratio:.3f}")

@@ -21,26 +21,21 @@ tenth of the run, per seed. Diagnostic only: nothing here is a benchmark result.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
-from alsals_bench import optimizers
+from alsals_bench.optimizers import wrapped_step
 from alsals_bench.runner import get_task, run_one
 
 
-def recording(spec: optimizers.OptimizerSpec, series: list[float]) -> optimizers.OptimizerSpec:
-    """``spec`` whose optimizer appends ``cos_t`` to ``series`` after every step (a wrapper of its
-    ``step``; the numbers of the run are the row's own)."""
+def recording(series: list[float]):
+    """A step wrapper (:func:`alsals_bench.optimizers.wrapped_step`) that appends ``cos_t`` to
+    ``series`` after every step (it only reads: the run's numbers are the row's own)."""
 
-    def factory(model, ctx):
-        built = spec.factory(model, ctx)
-        opt = built.optimizer
-        params = [p for p in model.parameters() if p.requires_grad]
+    def wrap(opt, step):
+        params = [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
         last: dict[str, list[torch.Tensor]] = {}
-        step = opt.step
 
         def recorded_step(*args, **kwargs):
             before = [p.detach().clone() for p in params]
@@ -55,10 +50,9 @@ def recording(spec: optimizers.OptimizerSpec, series: list[float]) -> optimizers
             last["moved"] = [p.detach() - w for p, w in zip(params, before)]
             return loss
 
-        opt.step = recorded_step
-        return built
+        return recorded_step
 
-    return dataclasses.replace(spec, name=f"cosine-{spec.name}", factory=factory)
+    return wrap
 
 
 def tenths(series: Sequence[float]) -> list[float]:
@@ -74,18 +68,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="+", default=["alsals", "alsals-layerwise-lib-plateau-unwrap"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
-    # torch's scheduler warns that the step was wrapped after it was built: the wrapper only reads
-    warnings.filterwarnings("ignore", message="Seems like `optimizer.step[(][)]` has been overridden")
     task = get_task(args.task)
     print(f"{args.task}, {task.steps_full} steps: mean of cos_t over each tenth of the run")
     for row in args.rows:
         for seed in args.seeds:
             series: list[float] = []
-            spec = optimizers.register_optimizer(recording(optimizers.get_spec(row), series))
-            try:
-                record = run_one(task, spec.name, seed, steps_key="full")
-            finally:
-                optimizers.OPTIMIZERS.pop(spec.name, None)
+            with wrapped_step(row, recording(series)) as wrapped:
+                record = run_one(task, wrapped, seed, steps_key="full")
             print(f"  {row:38s} seed {seed}  train loss {float(record['final_train_loss']):.4g}  "
                   + " ".join(f"{m:+.3f}" for m in tenths(series)))
 

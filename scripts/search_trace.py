@@ -16,31 +16,26 @@ nothing here is a benchmark result. Example (``docs/benchmarks.md``, "Thirteenth
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 
-from alsals_bench import optimizers
+from alsals_bench.optimizers import wrapped_step
 from alsals_bench.runner import get_task, run_one
 
 
-def tracing(spec: optimizers.OptimizerSpec, log: list[dict]) -> optimizers.OptimizerSpec:
-    """``spec`` whose optimizer appends the search state before and after every step to ``log``."""
+def tracing(log: list[dict]):
+    """A step wrapper (:func:`alsals_bench.optimizers.wrapped_step`) that appends the search state
+    before and after every step to ``log``."""
 
-    def factory(model, ctx):
-        built = spec.factory(model, ctx)
-        opt = built.optimizer
-        step = opt.step
-
+    def wrap(opt, step):
         def traced_step(*args, **kwargs):
             before = opt.search_state
             loss = step(*args, **kwargs)
             log.append({"before": before, "after": opt.search_state, "searched": opt.counters["searches"]})
             return loss
 
-        opt.step = traced_step
-        return built
+        return traced_step
 
-    return dataclasses.replace(spec, name=f"trace-{spec.name}", factory=factory)
+    return wrap
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -52,11 +47,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args(argv)
     log: list[dict] = []
-    spec = optimizers.register_optimizer(tracing(optimizers.get_spec(args.row), log))
-    try:
-        record = run_one(get_task(args.task), spec.name, args.seed, steps_key="full")
-    finally:
-        optimizers.OPTIMIZERS.pop(spec.name, None)
+    with wrapped_step(args.row, tracing(log)) as row:
+        record = run_one(get_task(args.task), row, args.seed, steps_key="full")
     print(f"{args.task} {args.row} seed {args.seed}: final train loss {float(record['final_train_loss']):.4g}")
     searched, negative, previous_count = 0, 0, 0
     for t, entry in enumerate(log, start=1):

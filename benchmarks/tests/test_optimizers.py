@@ -198,3 +198,24 @@ def test_the_ablations_of_0_1_keep_0_1s_engine_when_the_defaults_move_on(name):
     assert opt.config.averages == anytime  # the anytime rows evaluate at the average; no-average does not
     new = opts.get_spec("alsals-cut-per-step").factory(model, _ctx()).optimizer
     assert new.config.search_interval_rule == "doubling"  # the fourth round's rows start from the defaults
+
+
+@pytest.mark.parametrize("row", ["alsals", "adamw-lr3e-3"])
+def test_a_wrapped_step_reads_every_step_leaves_the_run_as_it_was_and_is_removed_after(row):
+    calls = []
+
+    def counting(opt, step):
+        def counted(*args, **kwargs):
+            calls.append(type(opt).__name__)
+            return step(*args, **kwargs)
+
+        return counted
+
+    plain = runner.run_one("synthetic", row, 0, 5, train_eval_examples=32)
+    with opts.wrapped_step(row, counting) as name:
+        assert name in opts.OPTIMIZERS
+        wrapped = runner.run_one("synthetic", name, 0, 5, train_eval_examples=32)
+    assert name not in opts.OPTIMIZERS
+    assert len(calls) == 5
+    assert wrapped["final_train_loss"] == plain["final_train_loss"]
+    assert wrapped["forward_calls"] == plain["forward_calls"]

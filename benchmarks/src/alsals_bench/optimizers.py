@@ -53,6 +53,7 @@ import functools
 import io
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -213,6 +214,30 @@ def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
         raise ValueError(f"unknown family {spec.family!r}; expected one of {FAMILIES}")
     OPTIMIZERS[spec.name] = spec
     return spec
+
+
+@contextlib.contextmanager
+def wrapped_step(name: str, wrap: Callable[[Any, Callable[..., Any]], Callable[..., Any]]):
+    """Registry entry ``<name>-wrapped``: the optimizer of ``name`` whose ``step`` is replaced by
+    ``wrap(optimizer, step)``, registered for the block and removed after it (yields the entry's
+    name). For diagnostics that read a run from inside (``scripts/search_trace.py``): a wrapper that
+    only reads leaves the run's numbers those of the row itself. Inside the block torch's warning
+    that an LR scheduler's optimizer had its ``step`` replaced is silenced (the wrapper calls the
+    step the scheduler counts)."""
+    spec = get_spec(name)
+
+    def factory(model, ctx: RunContext) -> Built:
+        built = spec.factory(model, ctx)
+        built.optimizer.step = wrap(built.optimizer, built.optimizer.step)
+        return built
+
+    entry = register_optimizer(dataclasses.replace(spec, name=f"{name}-wrapped", factory=factory))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Seems like `optimizer.step[(][)]` has been overridden")
+            yield entry.name
+    finally:
+        OPTIMIZERS.pop(entry.name, None)
 
 
 def get_spec(name: str) -> OptimizerSpec:
