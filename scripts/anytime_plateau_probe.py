@@ -16,13 +16,12 @@ the told default's record (``alsals-layerwise-lib-plateau-unwrap`` in the result
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from alsals_bench.optimizers import wrapped_step
+from alsals_bench.results import load_results
 from alsals_bench.runner import get_task, run_one
 
 from alsals.anneal import PlateauDetector
@@ -65,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--min-window", type=int, default=10)
     args = parser.parse_args(argv)
     told = {(r["task"], r["seed"]): float(r["final_train_loss"])
-            for r in json.load(gzip.open(RESULTS))["runs"] if r["optimizer"] == TOLD}
+            for r in load_results(str(RESULTS))[1] if r["optimizer"] == TOLD}
     print(f"min window {args.min_window}: final train loss of the not-told run with the decay, ÷ the told default's")
     for task in args.tasks:
         for seed in args.seeds:
