@@ -342,7 +342,8 @@ def summarize(runs: Sequence[dict]) -> dict:
 #: run's length, and not told it; since the seventh round with the per-layer prototype's rows
 #: (alsals_bench.layerwise: one ALSALS per top-level module), which ran on the dev split first, and
 #: since the eighth round the library's LayerwiseALSALS with an amortized combined test and with
-#: part_of="blocks"; since the thirteenth round the trials along the step before's direction
+#: part_of="blocks"; since the thirteenth round the trials along the step before's direction; since the
+#: fourteenth the smoothed decrease per unit step, alone and with those trials
 DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase-only", "alsals-two-way",
                       "alsals-batch-increase", "alsals-recover", "alsals-match-warmup", "alsals-match-always",
                       "alsals-smooth-per-step", "alsals-no-amortisation", "alsals-doubling", "alsals-interval10",
@@ -352,7 +353,8 @@ DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase
                       "alsals-layerwise-lib-linear", "alsals-anneal-linear",
                       "alsals-layerwise-lib-plateau", "alsals-layerwise-lib-plateau-spread",
                       "alsals-layerwise-lib-wsd", "alsals-layerwise-lib-plateau-unwrap",
-                      "alsals-plateau", "alsals-trial-previous", "alsals-layerwise-lib-trial-previous")
+                      "alsals-plateau", "alsals-trial-previous", "alsals-layerwise-lib-trial-previous",
+                      "alsals-rate-smoothing", "alsals-trial-previous-rate")
 ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average", "alsals-two-way-anytime",
                       "alsals-anytime", "alsals-batch-increase-anytime", "alsals-recover-anytime",
                       "alsals-match-warmup-anytime", "alsals-smooth-per-step-anytime", "alsals-doubling-anytime",

@@ -801,6 +801,12 @@ register_optimizer(OptimizerSpec(
     "default, each part's trials along its direction of the step before (formed without this batch's gradient)",
     step_size=_alsals_step, knows_total_steps=True,
 ))
+# Fourteenth round: the smoothed decrease per unit step (rate_smoothing=True), which compares the carried
+# decrease with the trial's at one scale, so that a small enough step passes after an accepted search; alone
+# and with the thirteenth round's trials along the step before's direction (ablations, not adopted).
+register_alsals_variant("alsals-rate-smoothing", rate_smoothing=True, knows_total_steps=True)
+register_alsals_variant("alsals-trial-previous-rate", trial_direction="previous", rate_smoothing=True,
+                        knows_total_steps=True)
 # The tenth round's ALSALS with the plateau rule of LayerwiseALSALS (decay_on_plateau=True): its wsd decay
 # starts when the batch loss stops falling, at the latest at 80% of the run.
 register_alsals_variant("alsals-plateau", decay_on_plateau=True, knows_total_steps=True)

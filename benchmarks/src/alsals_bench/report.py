@@ -72,6 +72,10 @@ ROW_NOTES = {
     "searches' trials along the step before's direction (formed without this batch's gradient)",
     "alsals-layerwise-lib-trial-previous": "ablation: the tenth round's LayerwiseALSALS(model, total_steps=T), each "
     "part's trials along the step before's direction (trial_direction='previous')",
+    "alsals-rate-smoothing": "ablation: ALSALS(total_steps=T, rate_smoothing=True): the defaults, the smoothed "
+    "decrease per unit step (Δ/η) tested against the smoothed slope",
+    "alsals-trial-previous-rate": "ablation: ALSALS(total_steps=T, trial_direction='previous', rate_smoothing=True): "
+    "the thirteenth round's trials along the step before's direction, the decrease smoothed per unit step",
     "alsals-layerwise-lib-anytime-avg0.5": "probe: the same not told the run's length, evaluated at a longer "
     "average (anneal_fraction=0.5: γ = 2)",
     "alsals-layerwise-lib-anytime-avg1": "probe: the same, every iterate weighted alike (anneal_fraction=1: γ = 0)",
