@@ -20,12 +20,13 @@ def test_the_field_defaults_are_the_default_preset():
     assert alsals.ALSALS(params()).config == ALSALSConfig()
 
 
-def test_the_defaults_are_v0_1_with_the_doubling_interval_rule_and_the_anytime_average():
+def test_the_defaults_are_v0_1_with_the_doubling_interval_rule_the_anytime_average_and_the_gave_up_rule():
     default, v01 = resolve_config(None, {}), resolve_config("v0.1", {})
     differing = {f.name for f in dataclasses.fields(ALSALSConfig)
                  if f.name != "preset" and getattr(default, f.name) != getattr(v01, f.name)}
-    assert differing == {"average", "search_interval_rule"}
+    assert differing == {"average", "search_interval_rule", "gave_up_step_size"}
     assert (default.search_interval_rule, v01.search_interval_rule) == ("doubling", "halving")
+    assert (default.gave_up_step_size, v01.gave_up_step_size) == ("start", "last")
     assert (default.interpolate, default.max_increase, default.average) == (False, 1.0, None)
     # the dataclass's own defaults are the "default" preset
     assert ALSALSConfig() == default

@@ -167,8 +167,9 @@ def test_accepted_steps_satisfy_armijo_or_sit_at_the_floor(
 )
 def test_optimizer_steps_respect_the_rule_and_bounds(seed, scale, c, initial, amortized):
     """Through the optimizer: after every searched step, the accepted step size satisfies the
-    smoothed Armijo condition (read from the carried state) or the search gave up at its floor or
-    backtrack limit; the step size always stays within its bounds."""
+    smoothed Armijo condition (read from the carried state), or the search failed at its floor or
+    backtrack limit, or it gave up and carries the step size it started from; the step size always
+    stays within its bounds."""
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(64, 5, generator=gen) * scale
     y = torch.randn(64, generator=gen)
@@ -179,6 +180,7 @@ def test_optimizer_steps_respect_the_rule_and_bounds(seed, scale, c, initial, am
     )
     for _ in range(15):
         idx = torch.randint(0, 64, (16,), generator=gen)
+        before = opt.step_size
         opt.step(lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean())
         state = opt.search_state
         eta = state["step_size"]
@@ -186,7 +188,9 @@ def test_optimizer_steps_respect_the_rule_and_bounds(seed, scale, c, initial, am
         if state["last_status"] == "accepted":
             c_eff = effective_c(c, state["smoothed_slope"], True)
             assert armijo_holds(state["smoothed_decrease"], eta, c_eff, state["smoothed_slope"])
-        elif state["last_status"] in ("gave_up", "failed"):
+        elif state["last_status"] == "gave_up":
+            assert eta == opt.config.search.clamp(opt.config.search.grow(before))
+        elif state["last_status"] == "failed":
             assert eta == 1e-6 or state["last_trials"] == 21
 
 
@@ -709,7 +713,9 @@ def test_cut_per_step_counts_a_cut_for_every_step_since_the_last_search():
     next_step = replace(due, last_search_step=29)
     assert advance(next_step, p, outcome, per_step, amortization).step_size == pytest.approx(p.step_size * 0.9)
     gave_up = SearchResult(1e-10, 0.0, SearchStatus.GAVE_UP, 101, 100, 0)
-    assert advance(due, p, replace(outcome, result=gave_up), per_step, amortization).step_size == 1e-10
+    assert advance(due, p, replace(outcome, result=gave_up), per_step, amortization).step_size == p.step_size
+    last = replace(per_step, gave_up_step_size="last")
+    assert advance(due, p, replace(outcome, result=gave_up), last, amortization).step_size == 1e-10
     floor = SearchConfig(cut_per="step", min_step_size=5e-3)
     assert advance(due, p, outcome, floor, amortization).step_size == 5e-3  # clamped to the bounds
 

@@ -343,7 +343,8 @@ def summarize(runs: Sequence[dict]) -> dict:
 #: (alsals_bench.layerwise: one ALSALS per top-level module), which ran on the dev split first, and
 #: since the eighth round the library's LayerwiseALSALS with an amortized combined test and with
 #: part_of="blocks"; since the thirteenth round the trials along the step before's direction; since the
-#: fourteenth the smoothed decrease per unit step, alone and with those trials
+#: fourteenth the smoothed decrease per unit step, alone and with those trials, and those rows with the
+#: round's rule for a search that gave up
 DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase-only", "alsals-two-way",
                       "alsals-batch-increase", "alsals-recover", "alsals-match-warmup", "alsals-match-always",
                       "alsals-smooth-per-step", "alsals-no-amortisation", "alsals-doubling", "alsals-interval10",
@@ -354,7 +355,9 @@ DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase
                       "alsals-layerwise-lib-plateau", "alsals-layerwise-lib-plateau-spread",
                       "alsals-layerwise-lib-wsd", "alsals-layerwise-lib-plateau-unwrap",
                       "alsals-plateau", "alsals-trial-previous", "alsals-layerwise-lib-trial-previous",
-                      "alsals-rate-smoothing", "alsals-trial-previous-rate")
+                      "alsals-rate-smoothing", "alsals-trial-previous-rate",
+                      "alsals-trial-previous-gave-up-start", "alsals-rate-smoothing-gave-up-start",
+                      "alsals-trial-previous-rate-gave-up-start", "alsals-layerwise-lib-trial-previous-gave-up-start")
 ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average", "alsals-two-way-anytime",
                       "alsals-anytime", "alsals-batch-increase-anytime", "alsals-recover-anytime",
                       "alsals-match-warmup-anytime", "alsals-smooth-per-step-anytime", "alsals-doubling-anytime",

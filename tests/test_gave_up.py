@@ -1,0 +1,126 @@
+"""What a search that gave up carries forward (``gave_up_step_size``): the step size it started from
+by default, its last trial's with ``"last"`` (the paper's and 0.1's rule)."""
+
+import pytest
+import torch
+
+import alsals
+from alsals.search import (
+    AmortizationConfig,
+    Outcome,
+    SearchConfig,
+    SearchResult,
+    SearchState,
+    SearchStatus,
+    StepKind,
+    advance,
+    backtrack,
+    plan,
+)
+
+
+def _search(first_decrease, decrease_at, smoothed_slope, smoothed_decrease, slope, config, step_size=0.1):
+    return backtrack(first_decrease, step_size, slope, smoothed_slope, smoothed_decrease, config, decrease_at)
+
+
+def test_a_negative_carried_decrease_makes_every_step_size_fail():
+    """The mechanism the rule is for: with ``h < 0`` and ``s > 0`` the smoothed condition
+    ``β_s·h + (1 − β_s)·Δ ≥ c·η·s`` fails as ``η → 0`` however well the batch decreases (here exactly
+    linearly, ``Δ = η·D``), so the search cuts to its limit and gives up; with ``h = 0`` the same batch
+    passes at once."""
+    config = SearchConfig(max_backtracks=100)
+    linear = lambda eta: 2.0 * eta  # noqa: E731
+    stuck = _search(linear(0.1), linear, smoothed_slope=1.0, smoothed_decrease=-1e-3, slope=2.0, config=config)
+    assert stuck.status is SearchStatus.GAVE_UP and stuck.backtracks == 100
+    assert stuck.step_size == pytest.approx(0.1 * 0.9**100)
+    fresh = _search(linear(0.1), linear, smoothed_slope=1.0, smoothed_decrease=1e-3, slope=2.0, config=config)
+    assert fresh.status is SearchStatus.ACCEPTED and 0 < fresh.backtracks < 100
+
+
+def test_rate_smoothing_fails_at_every_step_size_on_a_batch_that_goes_uphill():
+    """With ``rate_smoothing`` the limit as ``η → 0`` is ``β_s·r + (1 − β_s)·D ≥ c·s``: a batch whose
+    slope ``D`` is negative under a positive smoothed slope can fail it at every step size."""
+    config = SearchConfig(rate_smoothing=True, max_backtracks=30)
+    uphill = lambda eta: -3.0 * eta  # noqa: E731  (D = -3: the loss rises along the direction)
+    result = _search(uphill(0.1), uphill, smoothed_slope=4.75, smoothed_decrease=2.5, slope=-3.0, config=config)
+    assert result.status is SearchStatus.GAVE_UP
+
+
+@pytest.mark.parametrize("rule", ["start", "last"])
+def test_advance_after_giving_up(rule):
+    """``"start"``: the carried step size is the one the search started from (the plan's); ``"last"``:
+    the last trial's. Either way the step is the last trial's, its decrease enters the smoothed one,
+    the give-up is counted and the next step searches."""
+    config = SearchConfig(gave_up_step_size=rule)
+    amortization = AmortizationConfig(warmup_searches=0)
+    state = SearchState(step_size=0.05, smoothed_slope=1.0, smoothed_decrease=-2e-3, searches=30, steps=100,
+                        search_interval=8, steps_until_search=0, last_search_step=92)
+    p = plan(state, config, amortization)
+    assert p.search
+    gave_up = SearchResult(p.step_size * 0.9**100, -1.8e-3, SearchStatus.GAVE_UP, 101, 100, 0)
+    after = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 101, 1, anneal=1.0, slope=1.0, result=gave_up),
+                    config, amortization)
+    assert after.step_size == (p.step_size if rule == "start" else gave_up.step_size)
+    assert after.smoothed_decrease == -1.8e-3
+    assert after.gave_up == 1 and after.steps_until_search == 0
+    failed = SearchResult(p.step_size * 0.9**100, -2e-3, SearchStatus.FAILED, 101, 100, 101)
+    after_failed = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 101, 1, anneal=1.0, slope=1.0, result=failed),
+                           config, amortization)
+    assert after_failed.step_size == failed.step_size  # a non-finite last trial: the rule does not apply
+    assert after_failed.smoothed_decrease == state.smoothed_decrease
+
+
+def test_presets_and_validation():
+    w = [torch.nn.Parameter(torch.zeros(2))]
+    assert alsals.ALSALS(w).config.gave_up_step_size == "start"
+    for preset in ("v0.1", "paper", "sls", "salsa"):
+        assert alsals.ALSALS(w, preset=preset).config.gave_up_step_size == "last", preset
+    assert alsals.ALSALS(w, preset="paper", gave_up_step_size="start").config.search.gave_up_step_size == "start"
+    with pytest.raises(ValueError, match="gave_up_step_size"):
+        alsals.ALSALS(w, gave_up_step_size="first")
+
+
+def _trap_run(rule, trap_step=12, steps=20):
+    """A regression trained with ``ALSALS(amortized=False, slope_smoothing=0)`` (the classical Armijo
+    condition, so that no carried decrease pays for a trial); at ``trap_step`` the closure adds
+    ``100·‖w − w_t‖₁``, zero at the step's own weights (and without gradient there) and larger than
+    the decrease at every trial, so that search gives up after its 100 cuts. Returns the step sizes carried
+    after each step, the step size before the trap and the optimizer."""
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 4), torch.randn(64)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = alsals.ALSALS(model.parameters(), amortized=False, slope_smoothing=0.0, gave_up_step_size=rule)
+    sizes = []
+    for t in range(steps):
+        idx = torch.arange(t % 4 * 16, t % 4 * 16 + 16)
+        start = [p.detach().clone() for p in model.parameters()]
+
+        def closure(idx=idx, start=start, trap=t == trap_step):
+            loss = ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean()
+            if trap:
+                loss = loss + 100.0 * sum((p - s).abs().sum() for p, s in zip(model.parameters(), start))
+            return loss
+
+        opt.step(closure)
+        sizes.append(opt.step_size)
+        if t == trap_step:
+            assert opt.search_state["last_status"] == "gave_up"
+    return sizes, opt
+
+
+def test_through_the_optimizer_a_batch_that_rejects_every_step_does_not_cut_the_step_size():
+    start_sizes, start_opt = _trap_run("start")
+    last_sizes, last_opt = _trap_run("last")
+    assert start_opt.counters["gave_up"] == last_opt.counters["gave_up"] == 1
+    assert start_sizes[:12] == last_sizes[:12]  # the same run up to the trap
+    grown = start_opt.config.search.grow(start_sizes[11])
+    assert start_sizes[12] == grown  # carried as it started
+    assert last_sizes[12] == pytest.approx(grown * 0.9**100)  # carried as the last trial
+    assert start_sizes[-1] > 2.0 * last_sizes[-1]  # and the cut stays with "last"
+
+
+def test_layerwise_parts_take_the_rule():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    opt = alsals.LayerwiseALSALS(model, gave_up_step_size="last")
+    assert {part.config.gave_up_step_size for part in opt.parts.values()} == {"last"}
+    assert {part.config.gave_up_step_size for part in alsals.LayerwiseALSALS(model).parts.values()} == {"start"}
