@@ -42,7 +42,7 @@ SMOOTHING_PER = ("search", "step")
 #: what a cut found by an amortized search counts for (:func:`carried_after_cut`)
 CUT_PER = ("search", "step")
 #: the step size a search that gave up carries forward (:func:`carried_after_cut`)
-GAVE_UP_STEP_SIZES = ("start", "last")
+UNACCEPTED_STEP_SIZES = ("start", "last")
 #: how the interval between amortized searches adapts
 INTERVAL_RULES = ("halving", "doubling", "salsa")
 #: what a two-way search's larger trial must pass (:func:`backtrack`)
@@ -131,22 +131,26 @@ class SearchConfig:
             makes the expected change of ``ln η`` per step that of a search at every step (an unbiased
             estimate of it from one batch in ``L``), at the amortized cost; without amortization the
             two are the same.
-        gave_up_step_size: the step size a search that gave up (``GAVE_UP``: every trial down to the
-            floor or the backtrack limit failed the condition, the last one with a finite loss)
-            carries forward. ``"last"`` (the paper's, and version 0.1's): the last trial's, about
-            ``β_b^100 ≈ 3·10⁻⁵`` times where it started. ``"start"`` (``alsals.ALSALS()``'s default
-            since 0.2): the step size it started from. Reason: the condition can fail at every step
-            size for reasons that say nothing about the step size. With a carried decrease ``h < 0``
-            (left by a search that accepted an ascent under ``c_eff = 1/c``) and ``s > 0``, its left
-            side tends to ``β_s·h < 0`` and its right side to 0 as ``η → 0``; with ``rate_smoothing``
-            and a batch whose slope is negative under a positive smoothed slope, ``β_s·r + (1 −
-            β_s)·D`` can stay below ``c·s``. Each cut then moves away from passing, and the last
-            trial is where the search stopped, not a step size it measured; carried, one such batch
-            lowers the step size for the rest of the run (growth at ``γ = 1/0.999`` undoes
-            ``3·10⁻⁵`` in about 10,000 steps). The step itself is still the last trial's (tiny) one,
-            and the smoothed decrease takes it in, which brings a negative ``h`` back towards 0.
+        unaccepted_step_size: the step size carried forward by a search that cut and ended without
+            the condition holding at any trial (:func:`is_unaccepted`): it gave up (``GAVE_UP``: at
+            the floor or after ``max_backtracks`` cuts, the last trial's loss finite) or stopped where
+            the loss no longer resolves the step (``UNRESOLVABLE``: a trial's loss equal to the first
+            one bit for bit). ``"last"`` (the paper's, and version 0.1's): the last trial's, about
+            ``β_b^100 ≈ 3·10⁻⁵`` times where it started after a give-up. ``"start"``
+            (``alsals.ALSALS()``'s default since 0.2): the step size it started from. Reason: the
+            condition can fail at every step size for reasons that say nothing about the step size.
+            With a carried decrease ``h < 0`` (left by a search that accepted an ascent under
+            ``c_eff = 1/c``) and ``s > 0``, its left side tends to ``β_s·h < 0`` and its right side to
+            0 as ``η → 0``; with ``rate_smoothing`` and a batch whose slope is negative under a
+            positive smoothed slope, ``β_s·r + (1 − β_s)·D`` can stay below ``c·s``. Each cut then
+            moves away from passing, and the last trial is where the search stopped (the backtrack
+            limit, or the float resolution of the loss), not a step size it measured; carried, one
+            such batch lowers the step size for the rest of the run (growth at ``γ = 1/0.999``
+            undoes ``3·10⁻⁵`` in about 10,000 steps), and the next searches, starting that low, end
+            unresolvable and cut further. The step itself is still the last trial's (tiny) one, and
+            the smoothed decrease takes it in, which brings a negative ``h`` back towards 0.
             ``FAILED`` (the last trial's loss not finite) carries the last trial's step size either
-            way.
+            way, and a search that stopped unresolvable at its first trial has cut nothing.
     """
 
     c: float = 0.5
@@ -167,7 +171,7 @@ class SearchConfig:
     match_displacement: str = "off"
     smoothing_per: str = "search"
     cut_per: str = "search"
-    gave_up_step_size: str = "start"
+    unaccepted_step_size: str = "start"
 
     def __post_init__(self) -> None:
         check_range("c", self.c, 0.0, 1.0, low_open=True, high_open=True)
@@ -191,7 +195,7 @@ class SearchConfig:
         check_choice("match_displacement", self.match_displacement, MATCH_DISPLACEMENT)
         check_choice("smoothing_per", self.smoothing_per, SMOOTHING_PER)
         check_choice("cut_per", self.cut_per, CUT_PER)
-        check_choice("gave_up_step_size", self.gave_up_step_size, GAVE_UP_STEP_SIZES)
+        check_choice("unaccepted_step_size", self.unaccepted_step_size, UNACCEPTED_STEP_SIZES)
 
     def clamp(self, step_size: float) -> float:
         """``step_size`` limited to ``[min_step_size, max_step_size]``."""
@@ -820,20 +824,31 @@ def for_search(config: SearchConfig, state: SearchState, step: int) -> SearchCon
     return config if gap == 1 else replace(config, smoothing=config.smoothing ** gap)
 
 
+def is_unaccepted(result: SearchResult) -> bool:
+    """Whether a search cut and ended without the condition holding at any of its trials: it gave up,
+    or it stopped unresolvable after at least one cut (what ``unaccepted_step_size`` is about)."""
+    return result.status is SearchStatus.GAVE_UP or (
+        result.status is SearchStatus.UNRESOLVABLE and result.backtracks > 0)
+
+
 def carried_after_cut(state: SearchState, plan: Plan, result: SearchResult, config: SearchConfig) -> float:
     """The step size a search carries forward: ``result.step_size``, or with ``cut_per="step"``, after a
     search that committed a step size below the grown one ``clamp(η·γ)`` (factor ``r``),
     ``clamp(η·γ·r^L)``: the cut counted once for every step it stands for (:class:`SearchConfig`,
     ``cut_per``). ``L`` is :func:`steps_since_search`, at most the interval that just ended
     (``search_interval``): after the warm-up, steps skipped for a non-finite loss, which did not grow
-    the step size, are not counted. A search that gave up carries the step size it started from
-    (``plan.step_size``) with ``gave_up_step_size="start"``, its last trial's with ``"last"``
-    (:class:`SearchConfig`); one that failed, or that cut nothing, carries its step size as it is;
-    one that stopped because the loss could no longer resolve a smaller step (``UNRESOLVABLE``)
-    after cuts counts as one that cut."""
+    the step size, are not counted. A search that cut and ended without the condition holding
+    (:func:`is_unaccepted`) carries the step size it started from (``plan.step_size``) with
+    ``unaccepted_step_size="start"``, its last trial's with ``"last"`` (:class:`SearchConfig`), and
+    with ``"last"`` one that stopped because the loss could no longer resolve a smaller step
+    (``UNRESOLVABLE``) after cuts counts as one that cut; one that failed, or that cut nothing,
+    carries its step size as it is."""
     accepted = result.step_size
-    if result.status is SearchStatus.GAVE_UP:
-        return plan.step_size if config.gave_up_step_size == "start" else accepted
+    if is_unaccepted(result):
+        if config.unaccepted_step_size == "start":
+            return plan.step_size
+        if result.status is SearchStatus.GAVE_UP:
+            return accepted
     if config.cut_per != "step" or result.status is SearchStatus.FAILED:
         return accepted
     gap = min(steps_since_search(state, plan.step), max(state.search_interval, 1))

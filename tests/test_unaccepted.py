@@ -1,5 +1,6 @@
-"""What a search that gave up carries forward (``gave_up_step_size``): the step size it started from
-by default, its last trial's with ``"last"`` (the paper's and 0.1's rule)."""
+"""What a search that cut and ended with no trial passing carries forward (``unaccepted_step_size``):
+the step size it started from by default, its last trial's with ``"last"`` (the paper's and 0.1's
+rule)."""
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from alsals.search import (
     StepKind,
     advance,
     backtrack,
+    is_unaccepted,
     plan,
 )
 
@@ -51,7 +53,7 @@ def test_advance_after_giving_up(rule):
     """``"start"``: the carried step size is the one the search started from (the plan's); ``"last"``:
     the last trial's. Either way the step is the last trial's, its decrease enters the smoothed one,
     the give-up is counted and the next step searches."""
-    config = SearchConfig(gave_up_step_size=rule)
+    config = SearchConfig(unaccepted_step_size=rule)
     amortization = AmortizationConfig(warmup_searches=0)
     state = SearchState(step_size=0.05, smoothed_slope=1.0, smoothed_decrease=-2e-3, searches=30, steps=100,
                         search_interval=8, steps_until_search=0, last_search_step=92)
@@ -70,26 +72,52 @@ def test_advance_after_giving_up(rule):
     assert after_failed.smoothed_decrease == state.smoothed_decrease
 
 
+@pytest.mark.parametrize("rule", ["start", "last"])
+def test_advance_after_an_unresolvable_search(rule):
+    """A search that cut down to where the trial loss equals the first one bit for bit passed no
+    trial either: with ``"start"`` it carries the step size it started from; with ``"last"`` the last
+    trial's (as a cut). One that was unresolvable at its first trial cut nothing: its step size."""
+    config = SearchConfig(unaccepted_step_size=rule)
+    state = SearchState(step_size=0.05, smoothed_slope=1.0, smoothed_decrease=-2e-3, searches=30, steps=100,
+                        last_search_step=99)
+    p = plan(state, config, None)
+    cut = SearchResult(p.step_size * 0.9**60, -1.8e-3, SearchStatus.UNRESOLVABLE, 61, 60, 0)
+    assert is_unaccepted(cut)
+    after = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 61, 1, anneal=1.0, slope=1.0, result=cut), config, None)
+    assert after.step_size == (p.step_size if rule == "start" else cut.step_size)
+    assert after.gave_up == 0  # counted as what it is (last_status "unresolvable"), not as a give-up
+    first = SearchResult(p.step_size, -1.8e-3, SearchStatus.UNRESOLVABLE, 1, 0, 0)
+    assert not is_unaccepted(first)
+    assert advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 1, 1, anneal=1.0, slope=1.0, result=first),
+                   config, None).step_size == p.step_size
+    accepted = SearchResult(p.step_size * 0.9, 1e-3, SearchStatus.ACCEPTED, 2, 1, 0)
+    assert not is_unaccepted(accepted)
+    assert advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 2, 1, anneal=1.0, slope=1.0, result=accepted),
+                   config, None).step_size == accepted.step_size  # an accepted cut is carried by either rule
+
+
 def test_presets_and_validation():
     w = [torch.nn.Parameter(torch.zeros(2))]
-    assert alsals.ALSALS(w).config.gave_up_step_size == "start"
+    assert alsals.ALSALS(w).config.unaccepted_step_size == "start"
     for preset in ("v0.1", "paper", "sls", "salsa"):
-        assert alsals.ALSALS(w, preset=preset).config.gave_up_step_size == "last", preset
-    assert alsals.ALSALS(w, preset="paper", gave_up_step_size="start").config.search.gave_up_step_size == "start"
-    with pytest.raises(ValueError, match="gave_up_step_size"):
-        alsals.ALSALS(w, gave_up_step_size="first")
+        assert alsals.ALSALS(w, preset=preset).config.unaccepted_step_size == "last", preset
+    assert alsals.ALSALS(w, preset="paper", unaccepted_step_size="start").config.search.unaccepted_step_size == "start"
+    with pytest.raises(ValueError, match="unaccepted_step_size"):
+        alsals.ALSALS(w, unaccepted_step_size="first")
 
 
-def _trap_run(rule, trap_step=12, steps=20):
+def _trap_run(rule, trap_step=12, steps=20, quantum=0.0):
     """A regression trained with ``ALSALS(amortized=False, slope_smoothing=0)`` (the classical Armijo
     condition, so that no carried decrease pays for a trial); at ``trap_step`` the closure adds
     ``100·‖w − w_t‖₁``, zero at the step's own weights (and without gradient there) and larger than
-    the decrease at every trial, so that search gives up after its 100 cuts. Returns the step sizes carried
-    after each step, the step size before the trap and the optimizer."""
+    the decrease at every trial, so that search gives up after its 100 cuts. With ``quantum`` the
+    trap step's loss is rounded to a multiple of it (the gradient left as it is), so that the search
+    stops unresolvable once a trial's rounded loss equals the first. Returns the step sizes carried
+    after each step and the optimizer."""
     torch.manual_seed(0)
     X, y = torch.randn(64, 4), torch.randn(64)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    opt = alsals.ALSALS(model.parameters(), amortized=False, slope_smoothing=0.0, gave_up_step_size=rule)
+    opt = alsals.ALSALS(model.parameters(), amortized=False, slope_smoothing=0.0, unaccepted_step_size=rule)
     sizes = []
     for t in range(steps):
         idx = torch.arange(t % 4 * 16, t % 4 * 16 + 16)
@@ -99,12 +127,15 @@ def _trap_run(rule, trap_step=12, steps=20):
             loss = ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean()
             if trap:
                 loss = loss + 100.0 * sum((p - s).abs().sum() for p, s in zip(model.parameters(), start))
+                if quantum:
+                    loss = loss + (torch.round(loss / quantum) * quantum - loss).detach()
             return loss
 
         opt.step(closure)
         sizes.append(opt.step_size)
         if t == trap_step:
-            assert opt.search_state["last_status"] == "gave_up"
+            assert opt.search_state["last_status"] == ("unresolvable" if quantum else "gave_up")
+            assert opt.search_state["last_trials"] > 1
     return sizes, opt
 
 
@@ -119,8 +150,17 @@ def test_through_the_optimizer_a_batch_that_rejects_every_step_does_not_cut_the_
     assert start_sizes[-1] > 2.0 * last_sizes[-1]  # and the cut stays with "last"
 
 
+def test_through_the_optimizer_a_search_that_ends_unresolvable_after_cuts_does_not_cut_the_step_size():
+    start_sizes, start_opt = _trap_run("start", quantum=1e-3)
+    last_sizes, _ = _trap_run("last", quantum=1e-3)
+    assert start_opt.counters["gave_up"] == 0
+    grown = start_opt.config.search.grow(start_sizes[11])
+    assert start_sizes[12] == grown
+    assert last_sizes[12] < 0.5 * grown
+
+
 def test_layerwise_parts_take_the_rule():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
-    opt = alsals.LayerwiseALSALS(model, gave_up_step_size="last")
-    assert {part.config.gave_up_step_size for part in opt.parts.values()} == {"last"}
-    assert {part.config.gave_up_step_size for part in alsals.LayerwiseALSALS(model).parts.values()} == {"start"}
+    opt = alsals.LayerwiseALSALS(model, unaccepted_step_size="last")
+    assert {part.config.unaccepted_step_size for part in opt.parts.values()} == {"last"}
+    assert {part.config.unaccepted_step_size for part in alsals.LayerwiseALSALS(model).parts.values()} == {"start"}
