@@ -33,12 +33,12 @@ from ._validation import check_bool, check_choice, check_int, check_range
 from .anneal import ANNEAL_SHAPES, PlateauDetector, anneal_factor
 from .search import (
     CUT_PER,
-    UNACCEPTED_STEP_SIZES,
     GROWTH_PER,
     INCREASE_TESTS,
     INTERVAL_RULES,
     MATCH_DISPLACEMENT,
     SMOOTHING_PER,
+    UNACCEPTED_STEP_SIZES,
     AmortizationConfig,
     SearchConfig,
 )
