@@ -24,9 +24,9 @@ def test_the_defaults_are_v0_1_with_the_doubling_interval_rule_the_anytime_avera
     default, v01 = resolve_config(None, {}), resolve_config("v0.1", {})
     differing = {f.name for f in dataclasses.fields(ALSALSConfig)
                  if f.name != "preset" and getattr(default, f.name) != getattr(v01, f.name)}
-    assert differing == {"average", "search_interval_rule", "unaccepted_step_size"}
+    assert differing == {"average", "search_interval_rule", "unaccepted_search"}
     assert (default.search_interval_rule, v01.search_interval_rule) == ("doubling", "halving")
-    assert (default.unaccepted_step_size, v01.unaccepted_step_size) == ("start", "last")
+    assert (default.unaccepted_search, v01.unaccepted_search) == ("restart", "keep")
     assert (default.interpolate, default.max_increase, default.average) == (False, 1.0, None)
     # the dataclass's own defaults are the "default" preset
     assert ALSALSConfig() == default

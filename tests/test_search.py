@@ -714,7 +714,7 @@ def test_cut_per_step_counts_a_cut_for_every_step_since_the_last_search():
     assert advance(next_step, p, outcome, per_step, amortization).step_size == pytest.approx(p.step_size * 0.9)
     gave_up = SearchResult(1e-10, 0.0, SearchStatus.GAVE_UP, 101, 100, 0)
     assert advance(due, p, replace(outcome, result=gave_up), per_step, amortization).step_size == p.step_size
-    last = replace(per_step, unaccepted_step_size="last")
+    last = replace(per_step, unaccepted_search="keep")
     assert advance(due, p, replace(outcome, result=gave_up), last, amortization).step_size == 1e-10
     floor = SearchConfig(cut_per="step", min_step_size=5e-3)
     assert advance(due, p, outcome, floor, amortization).step_size == 5e-3  # clamped to the bounds

@@ -1,6 +1,7 @@
-"""What a search that cut and ended with no trial passing carries forward (``unaccepted_step_size``):
-the step size it started from by default, its last trial's with ``"last"`` (the paper's and 0.1's
-rule)."""
+"""What a search that cut and ended with no trial passing leaves to the next one
+(``unaccepted_search``): by default (``"restart"``) the step size it started from and an empty
+smoothing memory; with ``"keep"`` (the paper's and 0.1's rule) its last trial's step size and the
+memory as it is."""
 
 import pytest
 import torch
@@ -48,12 +49,13 @@ def test_rate_smoothing_fails_at_every_step_size_on_a_batch_that_goes_uphill():
     assert result.status is SearchStatus.GAVE_UP
 
 
-@pytest.mark.parametrize("rule", ["start", "last"])
+@pytest.mark.parametrize("rule", ["restart", "keep"])
 def test_advance_after_giving_up(rule):
-    """``"start"``: the carried step size is the one the search started from (the plan's); ``"last"``:
-    the last trial's. Either way the step is the last trial's, its decrease enters the smoothed one,
-    the give-up is counted and the next step searches."""
-    config = SearchConfig(unaccepted_step_size=rule)
+    """``"restart"``: the carried step size is the one the search started from (the plan's) and the
+    smoothed slope and decrease are emptied; ``"keep"``: the last trial's step size, and the smoothed
+    decrease with the last trial's decrease in it. Either way the give-up is counted and the next
+    step searches."""
+    config = SearchConfig(unaccepted_search=rule)
     amortization = AmortizationConfig(warmup_searches=0)
     state = SearchState(step_size=0.05, smoothed_slope=1.0, smoothed_decrease=-2e-3, searches=30, steps=100,
                         search_interval=8, steps_until_search=0, last_search_step=92)
@@ -62,34 +64,40 @@ def test_advance_after_giving_up(rule):
     gave_up = SearchResult(p.step_size * 0.9**100, -1.8e-3, SearchStatus.GAVE_UP, 101, 100, 0)
     after = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 101, 1, anneal=1.0, slope=1.0, result=gave_up),
                     config, amortization)
-    assert after.step_size == (p.step_size if rule == "start" else gave_up.step_size)
-    assert after.smoothed_decrease == -1.8e-3
+    assert after.step_size == (p.step_size if rule == "restart" else gave_up.step_size)
+    if rule == "restart":
+        assert after.smoothed_decrease == 0.0 and after.smoothed_slope == 0.0
+    else:
+        assert after.smoothed_decrease == -1.8e-3 and after.smoothed_slope == pytest.approx(0.9 + 0.1)
     assert after.gave_up == 1 and after.steps_until_search == 0
     failed = SearchResult(p.step_size * 0.9**100, -2e-3, SearchStatus.FAILED, 101, 100, 101)
     after_failed = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 101, 1, anneal=1.0, slope=1.0, result=failed),
                            config, amortization)
     assert after_failed.step_size == failed.step_size  # a non-finite last trial: the rule does not apply
-    assert after_failed.smoothed_decrease == state.smoothed_decrease
+    assert after_failed.smoothed_decrease == state.smoothed_decrease and after_failed.smoothed_slope != 0.0
 
 
-@pytest.mark.parametrize("rule", ["start", "last"])
+@pytest.mark.parametrize("rule", ["restart", "keep"])
 def test_advance_after_an_unresolvable_search(rule):
     """A search that cut down to where the trial loss equals the first one bit for bit passed no
-    trial either: with ``"start"`` it carries the step size it started from; with ``"last"`` the last
-    trial's (as a cut). One that was unresolvable at its first trial cut nothing: its step size."""
-    config = SearchConfig(unaccepted_step_size=rule)
+    trial either: with ``"restart"`` it carries the step size it started from and an empty memory;
+    with ``"keep"`` the last trial's step size (as a cut). One that was unresolvable at its first trial
+    cut nothing: its step size and memory, by either rule."""
+    config = SearchConfig(unaccepted_search=rule)
     state = SearchState(step_size=0.05, smoothed_slope=1.0, smoothed_decrease=-2e-3, searches=30, steps=100,
                         last_search_step=99)
     p = plan(state, config, None)
     cut = SearchResult(p.step_size * 0.9**60, -1.8e-3, SearchStatus.UNRESOLVABLE, 61, 60, 0)
     assert is_unaccepted(cut)
     after = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 61, 1, anneal=1.0, slope=1.0, result=cut), config, None)
-    assert after.step_size == (p.step_size if rule == "start" else cut.step_size)
+    assert after.step_size == (p.step_size if rule == "restart" else cut.step_size)
+    assert (after.smoothed_decrease == 0.0) == (rule == "restart")
     assert after.gave_up == 0  # counted as what it is (last_status "unresolvable"), not as a give-up
     first = SearchResult(p.step_size, -1.8e-3, SearchStatus.UNRESOLVABLE, 1, 0, 0)
     assert not is_unaccepted(first)
-    assert advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 1, 1, anneal=1.0, slope=1.0, result=first),
-                   config, None).step_size == p.step_size
+    after_first = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 1, 1, anneal=1.0, slope=1.0, result=first),
+                          config, None)
+    assert after_first.step_size == p.step_size and after_first.smoothed_decrease == -1.8e-3
     accepted = SearchResult(p.step_size * 0.9, 1e-3, SearchStatus.ACCEPTED, 2, 1, 0)
     assert not is_unaccepted(accepted)
     assert advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 2, 1, anneal=1.0, slope=1.0, result=accepted),
@@ -98,12 +106,12 @@ def test_advance_after_an_unresolvable_search(rule):
 
 def test_presets_and_validation():
     w = [torch.nn.Parameter(torch.zeros(2))]
-    assert alsals.ALSALS(w).config.unaccepted_step_size == "start"
+    assert alsals.ALSALS(w).config.unaccepted_search == "restart"
     for preset in ("v0.1", "paper", "sls", "salsa"):
-        assert alsals.ALSALS(w, preset=preset).config.unaccepted_step_size == "last", preset
-    assert alsals.ALSALS(w, preset="paper", unaccepted_step_size="start").config.search.unaccepted_step_size == "start"
-    with pytest.raises(ValueError, match="unaccepted_step_size"):
-        alsals.ALSALS(w, unaccepted_step_size="first")
+        assert alsals.ALSALS(w, preset=preset).config.unaccepted_search == "keep", preset
+    assert alsals.ALSALS(w, preset="paper", unaccepted_search="restart").config.search.unaccepted_search == "restart"
+    with pytest.raises(ValueError, match="unaccepted_search"):
+        alsals.ALSALS(w, unaccepted_search="first")
 
 
 def _trap_run(rule, trap_step=12, steps=20, quantum=0.0):
@@ -117,7 +125,7 @@ def _trap_run(rule, trap_step=12, steps=20, quantum=0.0):
     torch.manual_seed(0)
     X, y = torch.randn(64, 4), torch.randn(64)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    opt = alsals.ALSALS(model.parameters(), amortized=False, slope_smoothing=0.0, unaccepted_step_size=rule)
+    opt = alsals.ALSALS(model.parameters(), amortized=False, slope_smoothing=0.0, unaccepted_search=rule)
     sizes = []
     for t in range(steps):
         idx = torch.arange(t % 4 * 16, t % 4 * 16 + 16)
@@ -140,19 +148,19 @@ def _trap_run(rule, trap_step=12, steps=20, quantum=0.0):
 
 
 def test_through_the_optimizer_a_batch_that_rejects_every_step_does_not_cut_the_step_size():
-    start_sizes, start_opt = _trap_run("start")
-    last_sizes, last_opt = _trap_run("last")
+    start_sizes, start_opt = _trap_run("restart")
+    last_sizes, last_opt = _trap_run("keep")
     assert start_opt.counters["gave_up"] == last_opt.counters["gave_up"] == 1
     assert start_sizes[:12] == last_sizes[:12]  # the same run up to the trap
     grown = start_opt.config.search.grow(start_sizes[11])
     assert start_sizes[12] == grown  # carried as it started
     assert last_sizes[12] == pytest.approx(grown * 0.9**100)  # carried as the last trial
-    assert start_sizes[-1] > 2.0 * last_sizes[-1]  # and the cut stays with "last"
+    assert start_sizes[-1] > 2.0 * last_sizes[-1]  # and the cut stays with "keep"
 
 
 def test_through_the_optimizer_a_search_that_ends_unresolvable_after_cuts_does_not_cut_the_step_size():
-    start_sizes, start_opt = _trap_run("start", quantum=1e-3)
-    last_sizes, _ = _trap_run("last", quantum=1e-3)
+    start_sizes, start_opt = _trap_run("restart", quantum=1e-3)
+    last_sizes, _ = _trap_run("keep", quantum=1e-3)
     assert start_opt.counters["gave_up"] == 0
     grown = start_opt.config.search.grow(start_sizes[11])
     assert start_sizes[12] == grown
@@ -161,6 +169,45 @@ def test_through_the_optimizer_a_search_that_ends_unresolvable_after_cuts_does_n
 
 def test_layerwise_parts_take_the_rule():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
-    opt = alsals.LayerwiseALSALS(model, unaccepted_step_size="last")
-    assert {part.config.unaccepted_step_size for part in opt.parts.values()} == {"last"}
-    assert {part.config.unaccepted_step_size for part in alsals.LayerwiseALSALS(model).parts.values()} == {"start"}
+    opt = alsals.LayerwiseALSALS(model, unaccepted_search="keep")
+    assert {part.config.unaccepted_search for part in opt.parts.values()} == {"keep"}
+    assert {part.config.unaccepted_search for part in alsals.LayerwiseALSALS(model).parts.values()} == {"restart"}
+
+
+@pytest.mark.parametrize("rule", ["restart", "keep"])
+def test_a_negative_carried_decrease_blocks_every_later_search_unless_the_memory_is_emptied(rule):
+    """Through the optimizer, with the default smoothing: a run whose carried smoothed decrease is made
+    negative (through the state dict, as an ascent accepted under ``c_eff = 1/c`` leaves it) passes no
+    trial at its next search (it stops unresolvable here: the float loss cannot resolve the trials
+    before the 100 cuts are spent). With ``"restart"`` the search after it accepts (the classical condition on its
+    batch) and training goes on at the step size from before; with ``"keep"`` every following search
+    gives up as well, the step size falls by ``β_b^100`` each time and the loss stops falling."""
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 4), torch.randn(64)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = alsals.ALSALS(model.parameters(), amortized=False, unaccepted_search=rule)
+
+    def closure_for(t):
+        idx = torch.arange(t % 4 * 16, t % 4 * 16 + 16)
+        return lambda: ((model(X[idx]).squeeze(-1) - y[idx]) ** 2).mean()
+
+    for t in range(10):
+        opt.step(closure_for(t))
+    assert opt.counters["gave_up"] == 0 and opt.search_state["smoothed_slope"] > 0.0
+    state = opt.state_dict()
+    state["param_groups"][0]["search"]["smoothed_decrease"] = -1e-2
+    opt.load_state_dict(state)
+    before = opt.step_size
+    statuses, sizes = [], []
+    for t in range(10, 16):
+        opt.step(closure_for(t))
+        statuses.append(opt.search_state["last_status"])
+        sizes.append(opt.step_size)
+    unaccepted = ("gave_up", "unresolvable")  # the float loss stops resolving the trials before 100 cuts
+    assert statuses[0] in unaccepted
+    if rule == "restart":
+        assert statuses[1:] == ["accepted"] * 5
+        assert sizes[0] == opt.config.search.grow(before) and sizes[-1] > 0.1 * before
+    else:
+        assert all(status in unaccepted for status in statuses)
+        assert sizes[-1] < 1e-3 * before

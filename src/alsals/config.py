@@ -38,7 +38,7 @@ from .search import (
     INTERVAL_RULES,
     MATCH_DISPLACEMENT,
     SMOOTHING_PER,
-    UNACCEPTED_STEP_SIZES,
+    UNACCEPTED_SEARCH,
     AmortizationConfig,
     SearchConfig,
 )
@@ -78,7 +78,7 @@ _V0_1: Dict[str, Any] = dict(
     match_displacement="off",
     smoothing_per="search",
     cut_per="search",
-    unaccepted_step_size="last",
+    unaccepted_search="keep",
     average=False,
     decay_on_plateau=False,
 )
@@ -91,9 +91,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # whenever the run's length is not known (evaluate after opt.eval()). Every other search option
     # stays off: none was chosen by both checks.
     # Since the fourteenth round a search that gave up carries the step size it started from, not its
-    # last trial's (alsals.search.SearchConfig, unaccepted_step_size): a rule with a reason, which no
+    # last trial's (alsals.search.SearchConfig, unaccepted_search): a rule with a reason, which no
     # benchmark record of the defaults reaches (none gave up), so the records stand for it unchanged.
-    "default": {**_V0_1, "search_interval_rule": "doubling", "average": None, "unaccepted_step_size": "start"},
+    "default": {**_V0_1, "search_interval_rule": "doubling", "average": None, "unaccepted_search": "restart"},
     "v0.1": dict(_V0_1),
     "paper": {**_V0_1, "c": 0.3, "slope_smoothing": 0.99, "amortized": False},
     "sls": {
@@ -166,7 +166,7 @@ class ALSALSConfig:
     match_displacement: str = "off"
     smoothing_per: str = "search"
     cut_per: str = "search"
-    unaccepted_step_size: str = "start"
+    unaccepted_search: str = "restart"
     average: Optional[bool] = None
     decay_on_plateau: bool = False
     total_steps: Optional[int] = None
@@ -210,7 +210,7 @@ class ALSALSConfig:
             ("match_displacement", MATCH_DISPLACEMENT),
             ("smoothing_per", SMOOTHING_PER),
             ("cut_per", CUT_PER),
-            ("unaccepted_step_size", UNACCEPTED_STEP_SIZES),
+            ("unaccepted_search", UNACCEPTED_SEARCH),
         ):
             check_choice(name, getattr(self, name), allowed)
         if self.increase_test != "smoothed" and self.max_increase <= 1.0:
@@ -259,7 +259,7 @@ class ALSALSConfig:
             match_displacement=self.match_displacement,
             smoothing_per=self.smoothing_per,
             cut_per=self.cut_per,
-            unaccepted_step_size=self.unaccepted_step_size,
+            unaccepted_search=self.unaccepted_search,
         )
 
     @cached_property

@@ -264,13 +264,15 @@ class ALSALS(Optimizer):
             cut the step size by ``r`` carries ``r^L`` times the grown one: the cut counted for each
             step since the last search, so that the expected change of ``ln η`` per step is that of a
             search at every step; see :class:`~alsals.search.SearchConfig`).
-        unaccepted_step_size: the step size carried to the next step by a search that cut and ended
-            with no trial passing (it gave up at the floor or after ``max_backtracks`` cuts, or
-            stopped where the loss no longer resolves the step): ``"start"`` (the default: the one it
-            started from; the step itself is the last trial's) or ``"last"`` (the paper's and 0.1's:
-            the last trial's, about ``3·10⁻⁵`` of it after a give-up, which growth undoes only over
-            ~10,000 steps). The condition can fail at every step size, e.g. when the carried
-            smoothed decrease is negative; that says nothing about the step size
+        unaccepted_search: what a search that cut and ended with no trial passing (it gave up at
+            the floor or after ``max_backtracks`` cuts, or stopped where the loss no longer resolves
+            the step) leaves to the next one: ``"restart"`` (the default: the step size it started
+            from, and the smoothed slope and decrease emptied, so that the next search tests the
+            classical Armijo condition on its batch; the step itself is the last trial's) or
+            ``"keep"`` (the paper's and 0.1's: the last trial's step size, about ``3·10⁻⁵`` of the
+            start after a give-up, which growth undoes only over ~10,000 steps, and the smoothing's
+            memory as it is). The condition can fail at every step size because of that memory, e.g.
+            a negative carried decrease; that says nothing about the step size
             (:class:`~alsals.search.SearchConfig`). ``counters["gave_up"]`` counts the give-ups.
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
@@ -372,7 +374,7 @@ class ALSALS(Optimizer):
         match_displacement: Optional[str] = None,
         smoothing_per: Optional[str] = None,
         cut_per: Optional[str] = None,
-        unaccepted_step_size: Optional[str] = None,
+        unaccepted_search: Optional[str] = None,
         average: Optional[bool] = None,
         decay_on_plateau: Optional[bool] = None,
         total_steps: Optional[int] = None,
@@ -397,7 +399,7 @@ class ALSALS(Optimizer):
                 search_interval_rule=search_interval_rule, anneal=anneal, anneal_fraction=anneal_fraction,
                 interpolate=interpolate, max_increase=max_increase, rate_smoothing=rate_smoothing,
                 increase_test=increase_test, recover=recover, match_displacement=match_displacement,
-                smoothing_per=smoothing_per, cut_per=cut_per, unaccepted_step_size=unaccepted_step_size,
+                smoothing_per=smoothing_per, cut_per=cut_per, unaccepted_search=unaccepted_search,
                 average=average, decay_on_plateau=decay_on_plateau,
                 total_steps=total_steps, foreach=foreach, fused=fused, distributed=distributed,
                 check_consistency=check_consistency,

@@ -41,8 +41,8 @@ GROWTH_PER = ("step", "search")
 SMOOTHING_PER = ("search", "step")
 #: what a cut found by an amortized search counts for (:func:`carried_after_cut`)
 CUT_PER = ("search", "step")
-#: the step size a search that gave up carries forward (:func:`carried_after_cut`)
-UNACCEPTED_STEP_SIZES = ("start", "last")
+#: what a search that cut and passed no trial leaves to the next (:class:`SearchConfig`)
+UNACCEPTED_SEARCH = ("restart", "keep")
 #: how the interval between amortized searches adapts
 INTERVAL_RULES = ("halving", "doubling", "salsa")
 #: what a two-way search's larger trial must pass (:func:`backtrack`)
@@ -131,26 +131,32 @@ class SearchConfig:
             makes the expected change of ``ln η`` per step that of a search at every step (an unbiased
             estimate of it from one batch in ``L``), at the amortized cost; without amortization the
             two are the same.
-        unaccepted_step_size: the step size carried forward by a search that cut and ended without
-            the condition holding at any trial (:func:`is_unaccepted`): it gave up (``GAVE_UP``: at
-            the floor or after ``max_backtracks`` cuts, the last trial's loss finite) or stopped where
-            the loss no longer resolves the step (``UNRESOLVABLE``: a trial's loss equal to the first
-            one bit for bit). ``"last"`` (the paper's, and version 0.1's): the last trial's, about
-            ``β_b^100 ≈ 3·10⁻⁵`` times where it started after a give-up. ``"start"``
-            (``alsals.ALSALS()``'s default since 0.2): the step size it started from. Reason: the
-            condition can fail at every step size for reasons that say nothing about the step size.
-            With a carried decrease ``h < 0`` (left by a search that accepted an ascent under
-            ``c_eff = 1/c``) and ``s > 0``, its left side tends to ``β_s·h < 0`` and its right side to
-            0 as ``η → 0``; with ``rate_smoothing`` and a batch whose slope is negative under a
-            positive smoothed slope, ``β_s·r + (1 − β_s)·D`` can stay below ``c·s``. Each cut then
-            moves away from passing, and the last trial is where the search stopped (the backtrack
-            limit, or the float resolution of the loss), not a step size it measured; carried, one
-            such batch lowers the step size for the rest of the run (growth at ``γ = 1/0.999``
-            undoes ``3·10⁻⁵`` in about 10,000 steps), and the next searches, starting that low, end
-            unresolvable and cut further. The step itself is still the last trial's (tiny) one, and
-            the smoothed decrease takes it in, which brings a negative ``h`` back towards 0.
-            ``FAILED`` (the last trial's loss not finite) carries the last trial's step size either
-            way, and a search that stopped unresolvable at its first trial has cut nothing.
+        unaccepted_search: what a search that cut and ended without the condition holding at any
+            trial (:func:`is_unaccepted`) leaves to the next one: it gave up (``GAVE_UP``: at the
+            floor or after ``max_backtracks`` cuts, the last trial's loss finite) or stopped where the
+            loss no longer resolves the step (``UNRESOLVABLE``: a trial's loss equal to the first one
+            bit for bit). ``"keep"`` (the paper's, and version 0.1's): the last trial's step size
+            (about ``β_b^100 ≈ 3·10⁻⁵`` times where it started after a give-up) and the smoothed slope
+            and decrease as they are. ``"restart"`` (``alsals.ALSALS()``'s default since 0.2): the
+            step size it started from, and the smoothing's memory emptied (``s = h = 0``, as before the
+            first search), so that the next search tests the classical Armijo condition on its own
+            batch. Reason: the condition can fail at every step size for reasons that say nothing
+            about the step size, and those reasons are in the memory. With a carried decrease
+            ``h < 0`` (left by a search that accepted an ascent under ``c_eff = 1/c``) and ``s > 0``,
+            the left side tends to ``β_s·h < 0`` and the right side to 0 as ``η → 0``; with
+            ``rate_smoothing`` and a batch whose slope is negative under a positive smoothed slope,
+            ``β_s·r + (1 − β_s)·D`` can stay below ``c·s``. Each cut then moves away from passing, and
+            the last trial is where the search stopped (the backtrack limit, or the float resolution
+            of the loss), not a step size it measured. Kept, one such batch lowers the step size for
+            the rest of the run (growth at ``γ = 1/0.999`` undoes ``3·10⁻⁵`` in about 10,000 steps),
+            and the next searches, starting that low, end unresolvable and cut further; with the
+            step size restored but the memory kept, the next searches fail the same way (each of
+            them 100 trials), since the carried ``h`` decays towards 0 only by ``β_s`` per search and
+            ``h ≈ 0`` still asks ``(1 − β_s)·Δ ≥ c·η·s``. Emptied, both EMAs restart together, and the
+            classical condition ``Δ ≥ c·η·D`` holds at a small enough step whenever ``D > 0``. The
+            step itself is still the last trial's (tiny) one. ``FAILED`` (the last trial's loss not
+            finite) keeps both either way, and a search that stopped unresolvable at its first trial
+            has cut nothing.
     """
 
     c: float = 0.5
@@ -171,7 +177,7 @@ class SearchConfig:
     match_displacement: str = "off"
     smoothing_per: str = "search"
     cut_per: str = "search"
-    unaccepted_step_size: str = "start"
+    unaccepted_search: str = "restart"
 
     def __post_init__(self) -> None:
         check_range("c", self.c, 0.0, 1.0, low_open=True, high_open=True)
@@ -195,7 +201,7 @@ class SearchConfig:
         check_choice("match_displacement", self.match_displacement, MATCH_DISPLACEMENT)
         check_choice("smoothing_per", self.smoothing_per, SMOOTHING_PER)
         check_choice("cut_per", self.cut_per, CUT_PER)
-        check_choice("unaccepted_step_size", self.unaccepted_step_size, UNACCEPTED_STEP_SIZES)
+        check_choice("unaccepted_search", self.unaccepted_search, UNACCEPTED_SEARCH)
 
     def clamp(self, step_size: float) -> float:
         """``step_size`` limited to ``[min_step_size, max_step_size]``."""
@@ -826,7 +832,7 @@ def for_search(config: SearchConfig, state: SearchState, step: int) -> SearchCon
 
 def is_unaccepted(result: SearchResult) -> bool:
     """Whether a search cut and ended without the condition holding at any of its trials: it gave up,
-    or it stopped unresolvable after at least one cut (what ``unaccepted_step_size`` is about)."""
+    or it stopped unresolvable after at least one cut (what ``unaccepted_search`` is about)."""
     return result.status is SearchStatus.GAVE_UP or (
         result.status is SearchStatus.UNRESOLVABLE and result.backtracks > 0)
 
@@ -839,13 +845,13 @@ def carried_after_cut(state: SearchState, plan: Plan, result: SearchResult, conf
     (``search_interval``): after the warm-up, steps skipped for a non-finite loss, which did not grow
     the step size, are not counted. A search that cut and ended without the condition holding
     (:func:`is_unaccepted`) carries the step size it started from (``plan.step_size``) with
-    ``unaccepted_step_size="start"``, its last trial's with ``"last"`` (:class:`SearchConfig`), and
-    with ``"last"`` one that stopped because the loss could no longer resolve a smaller step
+    ``unaccepted_search="restart"``, its last trial's with ``"keep"`` (:class:`SearchConfig`), and
+    with ``"keep"`` one that stopped because the loss could no longer resolve a smaller step
     (``UNRESOLVABLE``) after cuts counts as one that cut; one that failed, or that cut nothing,
     carries its step size as it is."""
     accepted = result.step_size
     if is_unaccepted(result):
-        if config.unaccepted_step_size == "start":
+        if config.unaccepted_search == "restart":
             return plan.step_size
         if result.status is SearchStatus.GAVE_UP:
             return accepted
@@ -921,6 +927,9 @@ def advance(
         recovery_level=next_recovery_level(state, result, config),
         last_search_step=plan.step,
     )
+    if is_unaccepted(result) and config.unaccepted_search == "restart":
+        # the memory that failed every trial is emptied (SearchConfig, unaccepted_search)
+        searched = replace(searched, smoothed_slope=0.0, smoothed_decrease=0.0)
     if math.isfinite(outcome.direction_norm) and outcome.direction_norm > 0.0:
         searched = replace(searched, direction_norm=outcome.direction_norm)
         if state.searches == 0 and status.commits:

@@ -356,9 +356,9 @@ DEFAULT_CANDIDATES = ("alsals-v0.1", "alsals-interpolate-only", "alsals-increase
                       "alsals-layerwise-lib-wsd", "alsals-layerwise-lib-plateau-unwrap",
                       "alsals-plateau", "alsals-trial-previous", "alsals-layerwise-lib-trial-previous",
                       "alsals-rate-smoothing", "alsals-trial-previous-rate",
-                      "alsals-trial-previous-unaccepted-start", "alsals-rate-smoothing-unaccepted-start",
-                      "alsals-trial-previous-rate-unaccepted-start",
-                      "alsals-layerwise-lib-trial-previous-unaccepted-start")
+                      "alsals-trial-previous-restart", "alsals-rate-smoothing-restart",
+                      "alsals-trial-previous-rate-restart",
+                      "alsals-layerwise-lib-trial-previous-restart")
 ANYTIME_CANDIDATES = ("alsals-v0.1-anytime", "alsals-two-way-anytime-no-average", "alsals-two-way-anytime",
                       "alsals-anytime", "alsals-batch-increase-anytime", "alsals-recover-anytime",
                       "alsals-match-warmup-anytime", "alsals-smooth-per-step-anytime", "alsals-doubling-anytime",

@@ -674,7 +674,7 @@ def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test:
                                part_of: str = "top", anneal: str | None = None, decay_on_plateau: bool = False,
                                plateau_noise: str | None = None, below_wrappers: bool = False,
                                anneal_fraction: float | None = None, trial_direction: str | None = None,
-                               unaccepted_step_size: str | None = None):
+                               unaccepted_search: str | None = None):
     """``below_wrappers``: the parts found below the levels that only wrap (the library's rule since
     the tenth round, ``alsals.layerwise.wrapper_prefix``); False (the rows before it): the first
     components of the parameters' names, passed to the library as that rule. ``anneal_fraction``:
@@ -702,8 +702,8 @@ def _layerwise_library_factory(knows_total_steps: bool, amortized_combined_test:
             args["anneal_fraction"] = anneal_fraction
         if trial_direction is not None:
             args["trial_direction"] = trial_direction
-        if unaccepted_step_size is not None:
-            args["unaccepted_step_size"] = unaccepted_step_size
+        if unaccepted_search is not None:
+            args["unaccepted_search"] = unaccepted_search
         groups = decay_groups(model, ctx.weight_decay)
         kwargs = {k: v for k, v in args.items() if k != "parts_below_wrappers"}
         kwargs.update(rules)  # the rule in place of its name
@@ -795,14 +795,14 @@ for _fraction in (0.5, 1.0):
 # Thirteenth round: the searches' trials move along the step before's direction (trial_direction="previous"),
 # formed without this batch's gradient, so the batch tests the step as data it has not seen; the defaults
 # otherwise, told the run's length, for ALSALS and for the per-layer optimizer (an ablation, not adopted).
-# Their searches gave up, and their records carried the last trial's step size on: pinned to that rule
-# (unaccepted_step_size="last") since the fourteenth round made the other one the default.
-register_alsals_variant("alsals-trial-previous", trial_direction="previous", unaccepted_step_size="last",
+# Their searches passed no trial at times, and their records kept the last trial's step size and the memory:
+# pinned to that rule (unaccepted_search="keep") since the fourteenth round made the other one the default.
+register_alsals_variant("alsals-trial-previous", trial_direction="previous", unaccepted_search="keep",
                         knows_total_steps=True)
 register_optimizer(OptimizerSpec(
     name="alsals-layerwise-lib-trial-previous",
     factory=_layerwise_library_factory(True, decay_on_plateau=True, below_wrappers=True, trial_direction="previous",
-                                       unaccepted_step_size="last"),
+                                       unaccepted_search="keep"),
     protocol="alsals", family="alsals",
     description="alsals.LayerwiseALSALS(model, total_steps=T, trial_direction='previous'): the tenth round's told "
     "default, each part's trials along its direction of the step before (formed without this batch's gradient)",
@@ -811,24 +811,23 @@ register_optimizer(OptimizerSpec(
 # Fourteenth round: the smoothed decrease per unit step (rate_smoothing=True), which compares the carried
 # decrease with the trial's at one scale, so that a small enough step passes after an accepted search; alone
 # and with the thirteenth round's trials along the step before's direction (ablations, not adopted). Run
-# before the round's rule for searches that passed no trial: pinned to the rule they ran with (the last
-# trial's step size carried on).
-register_alsals_variant("alsals-rate-smoothing", rate_smoothing=True, unaccepted_step_size="last",
+# before the round's rule for searches that passed no trial: pinned to the rule they ran with ("keep").
+register_alsals_variant("alsals-rate-smoothing", rate_smoothing=True, unaccepted_search="keep",
                         knows_total_steps=True)
 register_alsals_variant("alsals-trial-previous-rate", trial_direction="previous", rate_smoothing=True,
-                        unaccepted_step_size="last", knows_total_steps=True)
+                        unaccepted_search="keep", knows_total_steps=True)
 # The same four configurations with the fourteenth round's default for a search that cut and passed no
-# trial: the step size it started from is carried on (unaccepted_step_size="start").
-register_alsals_variant("alsals-trial-previous-unaccepted-start", trial_direction="previous", knows_total_steps=True)
-register_alsals_variant("alsals-rate-smoothing-unaccepted-start", rate_smoothing=True, knows_total_steps=True)
-register_alsals_variant("alsals-trial-previous-rate-unaccepted-start", trial_direction="previous", rate_smoothing=True,
+# trial: the step size it started from and an empty smoothing memory (unaccepted_search="restart").
+register_alsals_variant("alsals-trial-previous-restart", trial_direction="previous", knows_total_steps=True)
+register_alsals_variant("alsals-rate-smoothing-restart", rate_smoothing=True, knows_total_steps=True)
+register_alsals_variant("alsals-trial-previous-rate-restart", trial_direction="previous", rate_smoothing=True,
                         knows_total_steps=True)
 register_optimizer(OptimizerSpec(
-    name="alsals-layerwise-lib-trial-previous-unaccepted-start",
+    name="alsals-layerwise-lib-trial-previous-restart",
     factory=_layerwise_library_factory(True, decay_on_plateau=True, below_wrappers=True, trial_direction="previous"),
     protocol="alsals", family="alsals",
     description="alsals.LayerwiseALSALS(model, total_steps=T, trial_direction='previous'): the thirteenth round's "
-    "row with the fourteenth round's default for a search that passed no trial (the step size it started from)",
+    "row with the fourteenth round's default for a search that passed no trial (unaccepted_search='restart')",
     step_size=_alsals_step, knows_total_steps=True,
 ))
 # The tenth round's ALSALS with the plateau rule of LayerwiseALSALS (decay_on_plateau=True): its wsd decay

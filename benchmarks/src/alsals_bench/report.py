@@ -70,21 +70,21 @@ ROW_NOTES = {
     "length: no anneal, evaluated at its averages",
     "alsals-trial-previous": "ablation: ALSALS(total_steps=T, trial_direction='previous'): the defaults, the "
     "searches' trials along the step before's direction (formed without this batch's gradient); a search that "
-    "gave up carries its last trial's step size (unaccepted_step_size='last', the rule it ran with)",
+    "passed no trial keeps its last trial's step size and the memory (unaccepted_search='keep', the rule it ran with)",
     "alsals-layerwise-lib-trial-previous": "ablation: the tenth round's LayerwiseALSALS(model, total_steps=T), each "
-    "part's trials along the step before's direction (trial_direction='previous'; unaccepted_step_size='last')",
+    "part's trials along the step before's direction (trial_direction='previous'; unaccepted_search='keep')",
     "alsals-rate-smoothing": "ablation: ALSALS(total_steps=T, rate_smoothing=True): the defaults, the smoothed "
-    "decrease per unit step (Δ/η) tested against the smoothed slope (unaccepted_step_size='last')",
+    "decrease per unit step (Δ/η) tested against the smoothed slope (unaccepted_search='keep')",
     "alsals-trial-previous-rate": "ablation: ALSALS(total_steps=T, trial_direction='previous', rate_smoothing=True): "
     "the thirteenth round's trials along the step before's direction, the decrease smoothed per unit step "
-    "(unaccepted_step_size='last')",
-    "alsals-trial-previous-unaccepted-start": "ablation: alsals-trial-previous with the fourteenth round's default "
-    "for a search that passed no trial (unaccepted_step_size='start': the step size it started from is carried on)",
-    "alsals-rate-smoothing-unaccepted-start": "ablation: alsals-rate-smoothing with unaccepted_step_size='start'",
-    "alsals-trial-previous-rate-unaccepted-start": "ablation: alsals-trial-previous-rate with "
-    "unaccepted_step_size='start'",
-    "alsals-layerwise-lib-trial-previous-unaccepted-start": "ablation: alsals-layerwise-lib-trial-previous with "
-    "unaccepted_step_size='start'",
+    "(unaccepted_search='keep')",
+    "alsals-trial-previous-restart": "ablation: alsals-trial-previous with the fourteenth round's default "
+    "for a search that passed no trial (unaccepted_search='restart': the step size it started from, an empty memory)",
+    "alsals-rate-smoothing-restart": "ablation: alsals-rate-smoothing with unaccepted_search='restart'",
+    "alsals-trial-previous-rate-restart": "ablation: alsals-trial-previous-rate with "
+    "unaccepted_search='restart'",
+    "alsals-layerwise-lib-trial-previous-restart": "ablation: alsals-layerwise-lib-trial-previous with "
+    "unaccepted_search='restart'",
     "alsals-layerwise-lib-anytime-avg0.5": "probe: the same not told the run's length, evaluated at a longer "
     "average (anneal_fraction=0.5: γ = 2)",
     "alsals-layerwise-lib-anytime-avg1": "probe: the same, every iterate weighted alike (anneal_fraction=1: γ = 0)",
