@@ -69,7 +69,7 @@ def test_advance_after_giving_up(rule):
         assert after.smoothed_decrease == 0.0 and after.smoothed_slope == 0.0
     else:
         assert after.smoothed_decrease == -1.8e-3 and after.smoothed_slope == pytest.approx(0.9 + 0.1)
-    assert after.gave_up == 1 and after.steps_until_search == 0
+    assert after.gave_up == after.unaccepted == 1 and after.steps_until_search == 0
     failed = SearchResult(p.step_size * 0.9**100, -2e-3, SearchStatus.FAILED, 101, 100, 101)
     after_failed = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 101, 1, anneal=1.0, slope=1.0, result=failed),
                            config, amortization)
@@ -92,7 +92,7 @@ def test_advance_after_an_unresolvable_search(rule):
     after = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 61, 1, anneal=1.0, slope=1.0, result=cut), config, None)
     assert after.step_size == (p.step_size if rule == "restart" else cut.step_size)
     assert (after.smoothed_decrease == 0.0) == (rule == "restart")
-    assert after.gave_up == 0  # counted as what it is (last_status "unresolvable"), not as a give-up
+    assert after.gave_up == 0 and after.unaccepted == 1  # unresolvable after cuts: not a give-up
     first = SearchResult(p.step_size, -1.8e-3, SearchStatus.UNRESOLVABLE, 1, 0, 0)
     assert not is_unaccepted(first)
     after_first = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 1, 1, anneal=1.0, slope=1.0, result=first),
@@ -151,6 +151,7 @@ def test_through_the_optimizer_a_batch_that_rejects_every_step_does_not_cut_the_
     start_sizes, start_opt = _trap_run("restart")
     last_sizes, last_opt = _trap_run("keep")
     assert start_opt.counters["gave_up"] == last_opt.counters["gave_up"] == 1
+    assert start_opt.counters["unaccepted"] == last_opt.counters["unaccepted"] == 1
     assert start_sizes[:12] == last_sizes[:12]  # the same run up to the trap
     grown = start_opt.config.search.grow(start_sizes[11])
     assert start_sizes[12] == grown  # carried as it started
@@ -161,7 +162,7 @@ def test_through_the_optimizer_a_batch_that_rejects_every_step_does_not_cut_the_
 def test_through_the_optimizer_a_search_that_ends_unresolvable_after_cuts_does_not_cut_the_step_size():
     start_sizes, start_opt = _trap_run("restart", quantum=1e-3)
     last_sizes, _ = _trap_run("keep", quantum=1e-3)
-    assert start_opt.counters["gave_up"] == 0
+    assert start_opt.counters["gave_up"] == 0 and start_opt.counters["unaccepted"] == 1
     grown = start_opt.config.search.grow(start_sizes[11])
     assert start_sizes[12] == grown
     assert last_sizes[12] < 0.5 * grown
@@ -208,6 +209,7 @@ def test_a_negative_carried_decrease_blocks_every_later_search_unless_the_memory
     if rule == "restart":
         assert statuses[1:] == ["accepted"] * 5
         assert sizes[0] == opt.config.search.grow(before) and sizes[-1] > 0.1 * before
+        assert opt.counters["unaccepted"] == 1
     else:
-        assert all(status in unaccepted for status in statuses)
+        assert all(status in unaccepted for status in statuses)  # later ones unresolvable at once, no cut
         assert sizes[-1] < 1e-3 * before

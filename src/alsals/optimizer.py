@@ -273,7 +273,7 @@ class ALSALS(Optimizer):
             start after a give-up, which growth undoes only over ~10,000 steps, and the smoothing's
             memory as it is). The condition can fail at every step size because of that memory, e.g.
             a negative carried decrease; that says nothing about the step size
-            (:class:`~alsals.search.SearchConfig`). ``counters["gave_up"]`` counts the give-ups.
+            (:class:`~alsals.search.SearchConfig`). ``counters["unaccepted"]`` counts such searches.
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
         min_step_size, max_step_size: bounds of the step size (1e-10, 10).

@@ -605,6 +605,7 @@ COUNTER_KEYS = (
     "skipped_searches",
     "skipped_steps",
     "gave_up",
+    "unaccepted",
 )
 
 
@@ -623,7 +624,9 @@ class SearchState:
         step_size_fast, step_size_slow: SaLSa's two EMAs of the accepted step size (rule ``"salsa"``).
         search_interval: ``L``, the current interval between amortized searches.
         steps_until_search: amortized steps left before the next search.
-        steps ... gave_up: the counters (:data:`COUNTER_KEYS`).
+        steps ... unaccepted: the counters (:data:`COUNTER_KEYS`); ``gave_up`` counts the searches that
+            gave up or failed, ``unaccepted`` those that cut and passed no trial (gave up, or stopped
+            unresolvable after a cut: what ``unaccepted_search`` acts on).
         last_loss, last_trials, last_status, last_anneal: the report of the last step (its first loss,
             averaged over the ranks; its trial evaluations; how it ended; the anneal factor used).
         average_weight, average_step: the total weight of the iterate average's samples and the step
@@ -655,6 +658,7 @@ class SearchState:
     skipped_searches: int = 0
     skipped_steps: int = 0
     gave_up: int = 0
+    unaccepted: int = 0
     last_loss: float = math.nan
     last_trials: int = 0
     last_status: str = ""
@@ -924,6 +928,7 @@ def advance(
         increases=state.increases + result.increases,
         rejected_nonfinite=state.rejected_nonfinite + result.nonfinite_trials,
         gave_up=state.gave_up + (status in (SearchStatus.GAVE_UP, SearchStatus.FAILED)),
+        unaccepted=state.unaccepted + is_unaccepted(result),
         recovery_level=next_recovery_level(state, result, config),
         last_search_step=plan.step,
     )
