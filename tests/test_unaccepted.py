@@ -147,25 +147,68 @@ def _trap_run(rule, trap_step=12, steps=20, quantum=0.0):
     return sizes, opt
 
 
-def test_through_the_optimizer_a_batch_that_rejects_every_step_does_not_cut_the_step_size():
-    start_sizes, start_opt = _trap_run("restart")
-    last_sizes, last_opt = _trap_run("keep")
-    assert start_opt.counters["gave_up"] == last_opt.counters["gave_up"] == 1
-    assert start_opt.counters["unaccepted"] == last_opt.counters["unaccepted"] == 1
-    assert start_sizes[:12] == last_sizes[:12]  # the same run up to the trap
-    grown = start_opt.config.search.grow(start_sizes[11])
-    assert start_sizes[12] == grown  # carried as it started
-    assert last_sizes[12] == pytest.approx(grown * 0.9**100)  # carried as the last trial
-    assert start_sizes[-1] > 2.0 * last_sizes[-1]  # and the cut stays with "keep"
+@pytest.mark.parametrize("quantum", [0.0, 1e-3])
+def test_through_the_optimizer_a_classical_test_that_fails_at_every_step_keeps_its_cut(quantum):
+    """With ``slope_smoothing=0`` the search has no memory: a batch that fails the classical
+    condition at every step size is evidence about the step size, and both rules carry the cut (so
+    batches that keep failing do not restart every search at 100 trials). Given up after 100 cuts,
+    or, with the loss rounded, stopped unresolvable after cuts."""
+    restart_sizes, restart_opt = _trap_run("restart", quantum=quantum)
+    keep_sizes, keep_opt = _trap_run("keep", quantum=quantum)
+    assert restart_sizes == keep_sizes
+    assert restart_opt.counters == keep_opt.counters
+    assert restart_opt.counters["unaccepted"] == 1
+    assert restart_opt.counters["gave_up"] == (0 if quantum else 1)
+    grown = restart_opt.config.search.grow(restart_sizes[11])
+    assert restart_sizes[12] < 0.5 * grown
+    if not quantum:
+        assert restart_sizes[12] == pytest.approx(grown * 0.9**100)
 
 
-def test_through_the_optimizer_a_search_that_ends_unresolvable_after_cuts_does_not_cut_the_step_size():
-    start_sizes, start_opt = _trap_run("restart", quantum=1e-3)
-    last_sizes, _ = _trap_run("keep", quantum=1e-3)
-    assert start_opt.counters["gave_up"] == 0 and start_opt.counters["unaccepted"] == 1
-    grown = start_opt.config.search.grow(start_sizes[11])
-    assert start_sizes[12] == grown
-    assert last_sizes[12] < 0.5 * grown
+def _advance_unaccepted(rule, status=SearchStatus.GAVE_UP, interval_rule="doubling", **state_values):
+    config = SearchConfig(unaccepted_search=rule)
+    amortization = AmortizationConfig(warmup_searches=0, rule=interval_rule)
+    values = dict(step_size=0.05, smoothed_slope=1.0, smoothed_decrease=-2e-3, searches=30, steps=100,
+                  search_interval=16, steps_until_search=0, last_search_step=84, step_size_fast=0.05,
+                  step_size_slow=0.05)
+    values.update(state_values)
+    state = SearchState(**values)
+    p = plan(state, config, amortization)
+    result = SearchResult(p.step_size * 0.9**100, -1.8e-3, status, 101, 100, 0)
+    return state, p, advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 101, 1, anneal=1.0, slope=1.0,
+                                               result=result), config, amortization), result
+
+
+def test_a_failure_with_an_empty_memory_keeps_its_cut():
+    """Right after a restart (``s = h = 0``) the search tested the classical condition; if it fails
+    again, its cut is carried and nothing restarts."""
+    state, p, after, result = _advance_unaccepted("restart", smoothed_slope=0.0, smoothed_decrease=0.0)
+    assert after.step_size == result.step_size and after.smoothed_decrease == result.smoothed_decrease
+    assert after.unaccepted == 1
+
+
+@pytest.mark.parametrize("interval_rule", ["doubling", "halving", "salsa"])
+def test_after_a_restart_the_next_step_searches_under_every_interval_rule(interval_rule):
+    """The restored step size is untested: whatever the interval rule, the next step searches, and
+    SaLSa's averages of the accepted step size do not take the failed search in."""
+    state, p, after, _ = _advance_unaccepted("restart", status=SearchStatus.UNRESOLVABLE, interval_rule=interval_rule)
+    assert after.step_size == p.step_size
+    assert after.search_interval == 1 and after.steps_until_search == 0
+    assert (after.step_size_fast, after.step_size_slow) == (state.step_size_fast, state.step_size_slow)
+
+
+def test_a_restart_does_not_carry_a_raised_start():
+    """With ``recover`` a search may start above ``η·γ``; a restart carries ``η·γ``, so that failed
+    searches cannot ratchet the step size up."""
+    config = SearchConfig(recover=True)
+    state = SearchState(step_size=0.01, smoothed_slope=1.0, smoothed_decrease=-1e-3, searches=30, steps=100,
+                        recovery_level=0.05, last_search_step=99)
+    p = plan(state, config, None)
+    assert p.recovering and p.step_size > config.grow(state.step_size)
+    gave_up = SearchResult(p.step_size * 0.9**100, -1e-3, SearchStatus.GAVE_UP, 101, 100, 0)
+    after = advance(state, p, Outcome(StepKind.SEARCHED, 1.0, 101, 1, anneal=1.0, slope=1.0, result=gave_up),
+                    config, None)
+    assert after.step_size == config.grow(state.step_size)
 
 
 def test_layerwise_parts_take_the_rule():

@@ -90,9 +90,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # rule (any cut brings the next search to the next step), and the anytime average of the iterates
     # whenever the run's length is not known (evaluate after opt.eval()). Every other search option
     # stays off: none was chosen by both checks.
-    # Since the fourteenth round a search that gave up carries the step size it started from, not its
-    # last trial's (alsals.search.SearchConfig, unaccepted_search): a rule with a reason, which no
-    # benchmark record of the defaults reaches (none gave up), so the records stand for it unchanged.
+    # Since the fourteenth round a search that cut and passed no trial with a smoothing memory restarts:
+    # the step size it started from and an empty memory (alsals.search.SearchConfig, unaccepted_search),
+    # a rule with a reason that no replayed benchmark run of the defaults reaches (docs/benchmarks.md).
     "default": {**_V0_1, "search_interval_rule": "doubling", "average": None, "unaccepted_search": "restart"},
     "v0.1": dict(_V0_1),
     "paper": {**_V0_1, "c": 0.3, "slope_smoothing": 0.99, "amortized": False},

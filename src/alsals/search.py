@@ -154,9 +154,14 @@ class SearchConfig:
             them 100 trials), since the carried ``h`` decays towards 0 only by ``β_s`` per search and
             ``h ≈ 0`` still asks ``(1 − β_s)·Δ ≥ c·η·s``. Emptied, both EMAs restart together, and the
             classical condition ``Δ ≥ c·η·D`` holds at a small enough step whenever ``D > 0``. The
-            step itself is still the last trial's (tiny) one. ``FAILED`` (the last trial's loss not
-            finite) keeps both either way, and a search that stopped unresolvable at its first trial
-            has cut nothing.
+            step itself is still the last trial's (tiny) one; the restored step size is ``η·γ`` (not
+            a start raised by ``recover`` or ``match_displacement``), and the next step searches
+            whatever the interval rule. A search that fails with an empty memory (the first one, the
+            one right after a restart, or any with ``β_s = 0``) tested the batch's own classical
+            condition, so its cut is evidence about the step size and is carried as with ``"keep"``
+            (:func:`restarts`): batches that keep failing that test do not restart every search at
+            100 trials. ``FAILED`` (the last trial's loss not finite) keeps both either way, and a
+            search that stopped at its first trial has cut nothing.
     """
 
     c: float = 0.5
@@ -836,9 +841,19 @@ def for_search(config: SearchConfig, state: SearchState, step: int) -> SearchCon
 
 def is_unaccepted(result: SearchResult) -> bool:
     """Whether a search cut and ended without the condition holding at any of its trials: it gave up,
-    or it stopped unresolvable after at least one cut (what ``unaccepted_search`` is about)."""
-    return result.status is SearchStatus.GAVE_UP or (
-        result.status is SearchStatus.UNRESOLVABLE and result.backtracks > 0)
+    or it stopped unresolvable, after at least one cut (what ``unaccepted_search`` is about)."""
+    return result.backtracks > 0 and result.status in (SearchStatus.GAVE_UP, SearchStatus.UNRESOLVABLE)
+
+
+def restarts(state: SearchState, result: SearchResult, config: SearchConfig) -> bool:
+    """Whether the next search restarts (``unaccepted_search="restart"``): this one cut and passed no
+    trial (:func:`is_unaccepted`) with a smoothing memory to empty (``β_s > 0`` and ``s``, ``h`` not
+    both 0). One that failed with an empty memory (the first search, the one right after a restart,
+    or any with ``β_s = 0``) tested the batch's own classical condition, whose cuts are evidence about
+    the step size: it is carried as with ``"keep"``, so that batches that fail that test too do not
+    restart every search from the same step size."""
+    memory = config.smoothing > 0.0 and (state.smoothed_slope != 0.0 or state.smoothed_decrease != 0.0)
+    return config.unaccepted_search == "restart" and memory and is_unaccepted(result)
 
 
 def carried_after_cut(state: SearchState, plan: Plan, result: SearchResult, config: SearchConfig) -> float:
@@ -847,18 +862,17 @@ def carried_after_cut(state: SearchState, plan: Plan, result: SearchResult, conf
     ``clamp(η·γ·r^L)``: the cut counted once for every step it stands for (:class:`SearchConfig`,
     ``cut_per``). ``L`` is :func:`steps_since_search`, at most the interval that just ended
     (``search_interval``): after the warm-up, steps skipped for a non-finite loss, which did not grow
-    the step size, are not counted. A search that cut and ended without the condition holding
-    (:func:`is_unaccepted`) carries the step size it started from (``plan.step_size``) with
-    ``unaccepted_search="restart"``, its last trial's with ``"keep"`` (:class:`SearchConfig`), and
-    with ``"keep"`` one that stopped because the loss could no longer resolve a smaller step
-    (``UNRESOLVABLE``) after cuts counts as one that cut; one that failed, or that cut nothing,
-    carries its step size as it is."""
+    the step size, are not counted. A search that cut and ended without the condition holding, with a
+    memory to empty (:func:`restarts`, ``unaccepted_search="restart"``), carries the step size it
+    started from, ``clamp(η·γ)`` (not a start raised by ``recover`` or ``match_displacement``); one
+    that gave up otherwise carries its last trial's, and one that stopped because the loss could no
+    longer resolve a smaller step (``UNRESOLVABLE``) after cuts counts as one that cut; one that
+    failed, or that cut nothing, carries its step size as it is."""
     accepted = result.step_size
-    if is_unaccepted(result):
-        if config.unaccepted_search == "restart":
-            return plan.step_size
-        if result.status is SearchStatus.GAVE_UP:
-            return accepted
+    if restarts(state, result, config):
+        return config.grow(state.step_size)  # where it started, not a start raised by recover or matching
+    if result.status is SearchStatus.GAVE_UP:
+        return accepted
     if config.cut_per != "step" or result.status is SearchStatus.FAILED:
         return accepted
     gap = min(steps_since_search(state, plan.step), max(state.search_interval, 1))
@@ -932,7 +946,8 @@ def advance(
         recovery_level=next_recovery_level(state, result, config),
         last_search_step=plan.step,
     )
-    if is_unaccepted(result) and config.unaccepted_search == "restart":
+    restarted = restarts(state, result, config)
+    if restarted:
         # the memory that failed every trial is emptied (SearchConfig, unaccepted_search)
         searched = replace(searched, smoothed_slope=0.0, smoothed_decrease=0.0)
     if math.isfinite(outcome.direction_norm) and outcome.direction_norm > 0.0:
@@ -941,6 +956,8 @@ def advance(
             searched = replace(searched, displacement=result.step_size * outcome.direction_norm)
     if amortization is None:
         return searched
+    if restarted:  # the restored step size is untested: search at the next step (every interval rule)
+        return replace(searched, search_interval=1, steps_until_search=0)
     if amortization.rule in ("doubling", "halving"):
         committed = status.commits and status is not SearchStatus.GAVE_UP
         # An increase, a search started above η·γ (recovered or matched) that held, or a step size left
