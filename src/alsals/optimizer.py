@@ -272,7 +272,9 @@ class ALSALS(Optimizer):
             ``"keep"`` (the paper's and 0.1's: the last trial's step size, about ``3·10⁻⁵`` of the
             start after a give-up, which growth undoes only over ~10,000 steps, and the smoothing's
             memory as it is). The condition can fail at every step size because of that memory, e.g.
-            a negative carried decrease; that says nothing about the step size
+            a negative carried decrease; that says nothing about the step size. A search that fails
+            with an empty memory (the first, the one after a restart, or ``slope_smoothing=0``) tested
+            the classical condition: its cut is kept under either rule
             (:class:`~alsals.search.SearchConfig`). ``counters["unaccepted"]`` counts such searches.
         slope_smoothing: ``β_s``, EMA factor of the slope and the decrease (0.9; the paper: 0.99;
             0 disables smoothing).
@@ -534,7 +536,8 @@ class ALSALS(Optimizer):
     def counters(self) -> Dict[str, int]:
         """Cumulative counts: steps, forward evaluations, backward passes, searches, backtracks,
         rejected non-finite trials, searches skipped by amortization, skipped steps (non-finite
-        first loss or gradients), and searches that gave up."""
+        first loss or gradients), searches that gave up or failed (``gave_up``), and searches that cut
+        and passed no trial (``unaccepted``)."""
         return self._settle().counters
 
     def state_dict(self) -> Dict[str, Any]:
