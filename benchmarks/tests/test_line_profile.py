@@ -3,22 +3,17 @@ and leaves the run it profiles unchanged."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "line_profile.py"
+from ._scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def line_profile():
-    spec = importlib.util.spec_from_file_location("line_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("line_profile")
 
 
 def test_rows_hold_the_linear_prediction_and_finite_decreases(line_profile, capsys):

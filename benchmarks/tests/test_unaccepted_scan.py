@@ -4,18 +4,15 @@ search of a run by how it ended, and the searches that cut and passed no trial."
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
 from alsals_bench import optimizers as opts
 from alsals_bench import runner
 
+from ._scripts import load_script
 from ._synthetic import TASK
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "unaccepted_scan.py"
 
 
 @pytest.fixture(autouse=True)
@@ -25,10 +22,7 @@ def _task():
 
 @pytest.fixture(scope="module")
 def scan():
-    spec = importlib.util.spec_from_file_location("unaccepted_scan", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("unaccepted_scan")
 
 
 @pytest.mark.parametrize("row", ["alsals", "alsals-layerwise-lib-plateau-unwrap"])
