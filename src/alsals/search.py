@@ -862,18 +862,12 @@ def carried_after_cut(state: SearchState, plan: Plan, result: SearchResult, conf
     ``clamp(η·γ·r^L)``: the cut counted once for every step it stands for (:class:`SearchConfig`,
     ``cut_per``). ``L`` is :func:`steps_since_search`, at most the interval that just ended
     (``search_interval``): after the warm-up, steps skipped for a non-finite loss, which did not grow
-    the step size, are not counted. A search that cut and ended without the condition holding, with a
-    memory to empty (:func:`restarts`, ``unaccepted_search="restart"``), carries the step size it
-    started from, ``clamp(η·γ)`` (not a start raised by ``recover`` or ``match_displacement``); one
-    that gave up otherwise carries its last trial's, and one that stopped because the loss could no
-    longer resolve a smaller step (``UNRESOLVABLE``) after cuts counts as one that cut; one that
-    failed, or that cut nothing, carries its step size as it is."""
+    the step size, are not counted. A search that gave up or failed, or that cut nothing, carries its
+    step size as it is; one that stopped because the loss could no longer resolve a smaller step
+    (``UNRESOLVABLE``) after cuts counts as one that cut. (A search that restarts, :func:`restarts`,
+    carries the step size it started from instead; :func:`advance` decides that.)"""
     accepted = result.step_size
-    if restarts(state, result, config):
-        return config.grow(state.step_size)  # where it started, not a start raised by recover or matching
-    if result.status is SearchStatus.GAVE_UP:
-        return accepted
-    if config.cut_per != "step" or result.status is SearchStatus.FAILED:
+    if config.cut_per != "step" or result.status in (SearchStatus.GAVE_UP, SearchStatus.FAILED):
         return accepted
     gap = min(steps_since_search(state, plan.step), max(state.search_interval, 1))
     grown = config.grow(state.step_size)
@@ -932,11 +926,15 @@ def advance(
     rules = for_search(config, state, plan.step)
     status = result.status
     common.update(last_trials=result.trials, last_status=status.value)
+    # A restart (SearchConfig, unaccepted_search): the step size where the search started, not a start
+    # raised by recover or matching, and the memory that failed every trial emptied.
+    restarted = restarts(state, result, config)
     searched = replace(
         state, **common,
-        step_size=carried_after_cut(state, plan, result, config),
-        smoothed_slope=next_smoothed_slope(state, outcome.slope, rules),
-        smoothed_decrease=result.smoothed_decrease if status.commits else state.smoothed_decrease,
+        step_size=config.grow(state.step_size) if restarted else carried_after_cut(state, plan, result, config),
+        smoothed_slope=0.0 if restarted else next_smoothed_slope(state, outcome.slope, rules),
+        smoothed_decrease=0.0 if restarted else (
+            result.smoothed_decrease if status.commits else state.smoothed_decrease),
         searches=state.searches + 1,
         backtracks=state.backtracks + result.backtracks,
         increases=state.increases + result.increases,
@@ -946,10 +944,6 @@ def advance(
         recovery_level=next_recovery_level(state, result, config),
         last_search_step=plan.step,
     )
-    restarted = restarts(state, result, config)
-    if restarted:
-        # the memory that failed every trial is emptied (SearchConfig, unaccepted_search)
-        searched = replace(searched, smoothed_slope=0.0, smoothed_decrease=0.0)
     if math.isfinite(outcome.direction_norm) and outcome.direction_norm > 0.0:
         searched = replace(searched, direction_norm=outcome.direction_norm)
         if state.searches == 0 and status.commits:
