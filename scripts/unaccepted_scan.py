@@ -38,17 +38,17 @@ def search_states(opt) -> list[dict]:
 
 
 def counting(events: collections.Counter):
-    """A step wrapper that adds every search's status to ``events`` (and ``unaccepted``)."""
+    """A step wrapper that adds every search's status to ``events``, and the searches the optimizer
+    counts as ``unaccepted`` (``counters["unaccepted"]``)."""
 
     def wrap(opt, step):
         def counted(*args, **kwargs):
-            before = [state["searches"] for state in search_states(opt)]
+            before = [(state["searches"], state["unaccepted"]) for state in search_states(opt)]
             loss = step(*args, **kwargs)
-            for searches, state in zip(before, search_states(opt)):
+            for (searches, unaccepted), state in zip(before, search_states(opt)):
                 if state["searches"] > searches:
                     events[state["last_status"]] += 1
-                    if state["last_status"] in ("gave_up", "unresolvable") and state["last_trials"] > 1:
-                        events["unaccepted"] += 1
+                    events["unaccepted"] += state["unaccepted"] - unaccepted  # the optimizer's own count
             return loss
 
         return counted
